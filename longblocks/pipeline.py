@@ -1,0 +1,119 @@
+"""A whole LongBlocks run declared in one TOML file (`pipelines/*.toml`): which source, which
+stages with which parameters, where the run directory is. Must not implement stages: it only
+composes the stage functions, in order, each resuming from its own directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longblocks.errors import LongBlocksError
+from longblocks.sample import sample
+from longblocks.select import SelectConfig, select
+from longblocks.sources import resolve_source
+
+STAGES = ("sample", "select")
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    languages: list[str] | None = None
+    per_language: int | None = None
+    quotas: dict[str, int] | None = None
+    seed: int = 0
+    text_field: str | None = None
+    include: list[str] = field(default_factory=list)
+    recursive: bool = True
+    hub_id: str | None = None
+    revision: str | None = None
+    max_bytes: int | None = None
+
+    def resolved_quotas(self) -> dict[str, int] | None:
+        if self.quotas:
+            return dict(self.quotas)
+        if self.languages:
+            if self.per_language is None:
+                raise LongBlocksError("source.languages needs source.per_language (or give source.quotas)")
+            return {lang: self.per_language for lang in self.languages}
+        return None
+
+    def source(self) -> Any:
+        options: dict[str, Any] = {"include": self.include, "recursive": self.recursive, "revision": self.revision}
+        if self.text_field:
+            options["text_field"] = self.text_field
+        if self.max_bytes:
+            options["max_bytes"] = self.max_bytes
+        if self.hub_id:
+            options["hub_id"] = self.hub_id
+        return resolve_source(self.name, **options)
+
+
+@dataclass
+class PipelineConfig:
+    out: Path
+    source: SourceConfig
+    select: SelectConfig
+    part_size: int = 1000
+
+
+def _section(data: dict[str, Any], name: str, cls: type, **defaults: Any) -> Any:
+    values = {**defaults, **data.get(name, {})}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise LongBlocksError(f"[{name}]: {exc}") from None
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Parse a pipeline file; `overrides` maps "section.key" to a value (from the command line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LongBlocksError(f"pipeline file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise LongBlocksError(f"{path}: invalid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})[key] = value
+    unknown = set(data) - {"run", "source", *STAGES}
+    if unknown:
+        raise LongBlocksError(f"{path}: unknown section(s) {sorted(unknown)}; expected run, source, {', '.join(STAGES)}")
+    run = data.get("run", {})
+    if "out" not in run:
+        raise LongBlocksError(f"{path}: [run] needs out = \"DIR\"")
+    if "name" not in data.get("source", {}):
+        raise LongBlocksError(f"{path}: [source] needs name = \"arxiv\" | ... | \"local:PATH\"")
+    return PipelineConfig(
+        out=Path(run["out"]),
+        source=_section(data, "source", SourceConfig),
+        select=_section(data, "select", SelectConfig, tokenizer="approx"),
+        part_size=int(run.get("part_size", 1000)),
+    )
+
+
+ProgressFactory = Callable[[str, int | None], Callable[..., None]]
+
+
+def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Run every stage in order; each stage's directory is `<out>/<stage>` and resumes on restart."""
+    manifests: dict[str, Any] = {}
+    quotas = cfg.source.resolved_quotas()
+    source = cfg.source.source()
+    sample_bar = progress("sample", sum(quotas.values()) if quotas else None) if progress else None
+    manifests["sample"] = sample(
+        source, cfg.out / "sample", quotas=quotas, seed=cfg.source.seed, part_size=cfg.part_size,
+        overwrite=overwrite, on_progress=(lambda c: sample_bar(completed=c["kept"], **c)) if sample_bar else None,
+    )
+    select_bar: dict[str, Any] = {}
+    manifests["select"] = select(
+        cfg.out / "sample", cfg.out / "select", cfg.select, part_size=cfg.part_size, overwrite=overwrite,
+        on_start=(lambda n: select_bar.update(advance=progress("select", n))) if progress else None,
+        on_progress=(lambda n: select_bar["advance"](advance=n)) if progress else None,
+    )
+    return manifests

@@ -1,0 +1,399 @@
+"""Corpus sources: a registry of named Hub corpora read with `datasets` in streaming mode, plus
+`local:PATH` for jsonl/parquet files and folders of text and source files; seeded sampling with
+per-language quotas. Must not filter by length or quality: that is the select stage's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import random
+import sysconfig
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longblocks.errors import LongBlocksError
+from longblocks.records import content_id, make_document
+from longblocks.store import Rejection
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+
+# FineWeb2-HQ names its configs by ISO 639-3 code and script.
+_FINEWEB2_HQ_CONFIGS = {
+    "ar": "arb_Arab", "cs": "ces_Latn", "zh": "cmn_Hani", "da": "dan_Latn", "de": "deu_Latn",
+    "el": "ell_Grek", "fa": "fas_Arab", "fr": "fra_Latn", "hu": "hun_Latn", "id": "ind_Latn",
+    "it": "ita_Latn", "ja": "jpn_Jpan", "nl": "nld_Latn", "pl": "pol_Latn", "pt": "por_Latn",
+    "ru": "rus_Cyrl", "es": "spa_Latn", "sv": "swe_Latn", "tr": "tur_Latn", "vi": "vie_Latn",
+}
+_WIKIPEDIA_LANGUAGES = (
+    "en de fr es it pt nl pl ru uk cs sv da fi no hu ro tr el bg ar fa he hi ja ko zh vi id th ca"
+).split()
+_GUTENBERG_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pt", "fi")
+_STACK_EDU_LANGUAGES = {
+    "python": "Python", "c": "C", "cpp": "Cpp", "csharp": "CSharp", "go": "Go", "java": "Java",
+    "javascript": "JavaScript", "markdown": "Markdown", "php": "PHP", "ruby": "Ruby", "rust": "Rust",
+    "sql": "SQL", "shell": "Shell", "swift": "Swift", "typescript": "TypeScript",
+}
+
+CODE_EXTENSIONS = {
+    ".py": "python", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".cs": "csharp",
+    ".go": "go", ".java": "java", ".js": "javascript", ".ts": "typescript", ".php": "php", ".rb": "ruby",
+    ".rs": "rust", ".sql": "sql", ".sh": "shell", ".swift": "swift", ".kt": "kotlin", ".scala": "scala",
+}
+TABLE_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Where one language of a Hub source lives: a config name, a split, or a data_dir."""
+
+    config: str | None = None
+    split: str = "train"
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    hub_id: str
+    text_field: str
+    license: str
+    languages: dict[str, Slice]
+    description: str
+    kind: str = "text"  # "text" or "code": code gets code-aware shingling and heuristics
+    share_alike: bool = False
+    id_field: str | None = None
+    notes: str = ""
+
+
+REGISTRY: dict[str, SourceSpec] = {
+    spec.name: spec
+    for spec in (
+        SourceSpec(
+            name="arxiv",
+            hub_id="common-pile/arxiv_papers",
+            text_field="text",
+            license="per paper: cc-by-4.0 / cc-by-sa-4.0 / cc0-1.0",
+            languages={"en": Slice()},
+            description="Openly licensed arXiv papers converted to text",
+            share_alike=True,
+            id_field="id",
+        ),
+        SourceSpec(
+            name="wikipedia",
+            hub_id="wikimedia/wikipedia",
+            text_field="text",
+            license="cc-by-sa-3.0 and GFDL",
+            languages={lang: Slice(config=f"20231101.{lang}") for lang in _WIKIPEDIA_LANGUAGES},
+            description="Wikipedia articles, one config per language (20231101 dump)",
+            share_alike=True,
+            id_field="id",
+        ),
+        SourceSpec(
+            name="stackexchange",
+            hub_id="common-pile/stackexchange",
+            text_field="text",
+            license="cc-by-sa-4.0",
+            languages={"en": Slice()},
+            description="StackExchange threads (question, answers and comments)",
+            share_alike=True,
+            id_field="id",
+        ),
+        SourceSpec(
+            name="gutenberg",
+            hub_id="manu/project_gutenberg",
+            text_field="text",
+            license="public domain (in the US)",
+            languages={lang: Slice(split=lang) for lang in _GUTENBERG_LANGUAGES},
+            description="Project Gutenberg books, one split per language",
+            id_field="id",
+        ),
+        SourceSpec(
+            name="stack-edu",
+            hub_id="HuggingFaceTB/stack-edu",
+            text_field="text",
+            license="per file: permissive licenses of the original repositories",
+            languages={lang: Slice(config=cfg) for lang, cfg in _STACK_EDU_LANGUAGES.items()},
+            description="Educational source files from The Stack v2, one config per programming language",
+            kind="code",
+            id_field="blob_id",
+            notes="the Hub release lists blob ids; fetch contents first, or point local: at a fetched copy",
+        ),
+        SourceSpec(
+            name="fineweb2-hq",
+            hub_id="epfml/FineWeb2-HQ",
+            text_field="text",
+            license="odc-by",
+            languages={lang: Slice(config=cfg) for lang, cfg in _FINEWEB2_HQ_CONFIGS.items()},
+            description="Quality-filtered multilingual web text (top 10% of FineWeb2)",
+            id_field="id",
+        ),
+        SourceSpec(
+            name="institutional-books",
+            hub_id="institutional/institutional-books-1.0",
+            text_field="text_by_page_gen",
+            license="public domain books; Institutional Data Initiative terms of use",
+            languages={"en": Slice(), "de": Slice(), "fr": Slice(), "it": Slice(), "es": Slice(), "la": Slice()},
+            description="Public domain books from Harvard Library (pages joined into one document)",
+            id_field="barcode_src",
+            notes="gated: accept the terms on the Hub and set HF_TOKEN; language from `language_gen`",
+        ),
+    )
+}
+
+# Sources whose languages share one stream and are told apart by a column of the row.
+_LANGUAGE_COLUMNS = {"institutional-books": "language_gen"}
+
+
+@dataclass
+class Candidate:
+    """One item of a source stream: a document, or a rejection when the raw item is unusable."""
+
+    document: dict[str, Any] | None = None
+    rejection: Rejection | None = None
+
+
+def check_text(text: str, *, max_bytes: int) -> tuple[str, str] | None:
+    """Reason code and detail when a text cannot be a document at all, else None."""
+    if not text or not text.strip():
+        return "empty", "no non-whitespace characters"
+    if "\x00" in text:
+        return "binary", "contains NUL bytes"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return "too_large", f"{size} bytes > max_bytes={max_bytes}"
+    return None
+
+
+def _join_text(value: Any) -> Any:
+    # Books are stored as lists of pages.
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n\n".join(value)
+    return value
+
+
+@dataclass
+class Source:
+    """A resolved source: a registry entry or a local path, plus sampling options."""
+
+    name: str
+    spec: SourceSpec | None = None
+    path: Path | None = None
+    text_field: str = "text"
+    language_field: str = "language"
+    default_language: str = "en"
+    include: Sequence[str] = ()
+    recursive: bool = True
+    max_bytes: int = DEFAULT_MAX_BYTES
+    shuffle_buffer: int = 1000
+    revision: str | None = None
+    source_label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.source_label or (self.spec.name if self.spec else "local")
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind if self.spec else "text"
+
+    @property
+    def license(self) -> str:
+        return self.spec.license if self.spec else "as licensed by the local files"
+
+    # -- streams ---------------------------------------------------------------------------------
+    def stream(
+        self, languages: Sequence[str] | None, seed: int, done: Callable[[str], bool] = lambda _: False
+    ) -> Iterator[Candidate]:
+        """Candidates in a seeded, reproducible order; for Hub sources, one language after another,
+        moving on once `done(language)` says that language's quota is met."""
+        if self.spec is not None:
+            yield from self._hub_stream(languages, seed, done)
+        else:
+            yield from self._local_stream(seed)
+
+    def _hub_stream(
+        self, languages: Sequence[str] | None, seed: int, done: Callable[[str], bool]
+    ) -> Iterator[Candidate]:
+        assert self.spec is not None
+        languages = list(languages or self.spec.languages)
+        unknown = [lang for lang in languages if lang not in self.spec.languages]
+        if unknown:
+            raise LongBlocksError(
+                f"source {self.spec.name!r} has no language(s) {unknown}; it has {sorted(self.spec.languages)}"
+            )
+        language_column = _LANGUAGE_COLUMNS.get(self.spec.name)
+        slices: dict[Slice, list[str]] = {}
+        for lang in languages:
+            slices.setdefault(self.spec.languages[lang], []).append(lang)
+        for data_slice, langs in slices.items():
+            if all(done(lang) for lang in langs):
+                continue
+            dataset = open_hub_dataset(self.spec.hub_id, data_slice, revision=self.revision)
+            dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+            for candidate in self._rows(
+                dataset,
+                origin=f"{self.spec.hub_id}:{data_slice.config or data_slice.split}",
+                fixed_language=None if language_column else langs[0],
+                language_column=language_column,
+                id_field=self.spec.id_field,
+            ):
+                yield candidate
+                if all(done(lang) for lang in langs):
+                    break
+
+    def _local_stream(self, seed: int) -> Iterator[Candidate]:
+        assert self.path is not None
+        files = self._local_files()
+        if not files:
+            raise LongBlocksError(f"no files found under {self.path} (include={list(self.include) or 'all'})")
+        tables: dict[str, list[str]] = {}
+        documents: list[Path] = []
+        for path in files:
+            builder = TABLE_EXTENSIONS.get(path.suffix.lower())
+            if builder:
+                tables.setdefault(builder, []).append(str(path))
+            else:
+                documents.append(path)
+        random.Random(seed).shuffle(documents)
+        for path in documents:
+            yield self._file_candidate(path)
+        for builder, data_files in sorted(tables.items()):
+            import datasets
+
+            dataset = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True)
+            dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+            yield from self._rows(
+                dataset,
+                origin=str(self.path),
+                fixed_language=None,
+                language_column=self.language_field,
+                id_field="id",
+            )
+
+    def _local_files(self) -> list[Path]:
+        assert self.path is not None
+        if self.path.is_file():
+            return [self.path]
+        if not self.path.is_dir():
+            raise LongBlocksError(f"local source path {self.path} does not exist")
+        walker = self.path.rglob("*") if self.recursive else self.path.glob("*")
+        files = []
+        for path in walker:
+            rel = path.relative_to(self.path)
+            if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+                continue
+            if self.include and not any(fnmatch.fnmatch(path.name, pat) for pat in self.include):
+                continue
+            files.append(path)
+        return sorted(files)
+
+    def _file_candidate(self, path: Path) -> Candidate:
+        assert self.path is not None
+        rel = str(path.relative_to(self.path)) if self.path.is_dir() else path.name
+        reject_id = content_id("file", self.label, rel)
+        size = path.stat().st_size
+        if size > self.max_bytes:
+            return Candidate(rejection=Rejection(reject_id, "too_large", f"{rel}: {size} bytes > max_bytes={self.max_bytes}"))
+        raw = path.read_bytes()
+        if b"\x00" in raw[:8192]:
+            return Candidate(rejection=Rejection(reject_id, "binary", f"{rel}: contains NUL bytes"))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Candidate(rejection=Rejection(reject_id, "not_utf8", f"{rel}: invalid UTF-8 at byte {exc.start}"))
+        problem = check_text(text, max_bytes=self.max_bytes)
+        if problem:
+            return Candidate(rejection=Rejection(reject_id, problem[0], f"{rel}: {problem[1]}"))
+        language = CODE_EXTENSIONS.get(path.suffix.lower(), self.default_language)
+        meta = json.dumps({"path": rel, "origin": str(self.path)}, ensure_ascii=False)
+        return Candidate(document=make_document(source=self.label, language=language, text=text, meta=meta))
+
+    def _rows(
+        self,
+        dataset: Any,
+        *,
+        origin: str,
+        fixed_language: str | None,
+        language_column: str | None,
+        id_field: str | None,
+    ) -> Iterator[Candidate]:
+        checked = False
+        for index, row in enumerate(dataset):
+            if not checked:
+                if self.text_field not in row:
+                    raise LongBlocksError(
+                        f"{origin}: no text field {self.text_field!r}; the rows have {sorted(row)} "
+                        "(set text_field)"
+                    )
+                checked = True
+            original_id = str(row.get(id_field)) if id_field and row.get(id_field) is not None else None
+            reject_id = content_id("row", self.label, origin, original_id or str(index))
+            text = _join_text(row.get(self.text_field))
+            if text is None:
+                yield Candidate(rejection=Rejection(reject_id, "missing_text", f"{origin}: row {original_id or index} has no {self.text_field!r}"))
+                continue
+            if not isinstance(text, str):
+                yield Candidate(rejection=Rejection(reject_id, "not_text", f"{origin}: {self.text_field!r} is {type(text).__name__}"))
+                continue
+            problem = check_text(text, max_bytes=self.max_bytes)
+            if problem:
+                yield Candidate(rejection=Rejection(reject_id, problem[0], f"{origin}: row {original_id or index}: {problem[1]}"))
+                continue
+            language = fixed_language or str(row.get(language_column or "", None) or self.default_language)
+            meta = {"origin": origin, "license": self.license}
+            if original_id:
+                meta["original_id"] = original_id
+            for key in ("title", "url"):
+                if isinstance(row.get(key), str):
+                    meta[key] = row[key]
+            yield Candidate(
+                document=make_document(source=self.label, language=language, text=text, meta=json.dumps(meta, ensure_ascii=False))
+            )
+
+
+def open_hub_dataset(hub_id: str, data_slice: Slice, *, revision: str | None = None) -> Any:
+    """`datasets.load_dataset(..., streaming=True)` for one slice; failures become one-line errors."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(
+            hub_id,
+            name=data_slice.config,
+            data_dir=data_slice.data_dir,
+            split=data_slice.split,
+            streaming=True,
+            revision=revision,
+        )
+    except Exception as exc:  # datasets raises many types for missing repos, configs and network errors
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LongBlocksError(
+            f"could not open dataset {hub_id!r} (config={data_slice.config}, split={data_slice.split}): {first_line}"
+        ) from None
+
+
+def expand_path(value: str) -> str:
+    """Placeholders usable in paths: {python_stdlib} is this interpreter's standard library folder,
+    a corpus of long, self-contained, permissively licensed (PSF) documents on any machine."""
+    return value.replace("{python_stdlib}", sysconfig.get_paths()["stdlib"])
+
+
+def resolve_source(name: str, **options: Any) -> Source:
+    """A registry name (`arxiv`, ...) or `local:PATH`; unknown names are a one-line error."""
+    if name.startswith("local:"):
+        path = Path(expand_path(name[len("local:") :])).expanduser()
+        if not path.exists():
+            raise LongBlocksError(f"local source path {path} does not exist")
+        return Source(name=name, path=path, **options)
+    if name not in REGISTRY:
+        raise LongBlocksError(f"unknown source {name!r}; known sources: {', '.join(REGISTRY)}, or local:PATH")
+    spec = REGISTRY[name]
+    hub_id = options.pop("hub_id", None)
+    if hub_id:  # a mirror or a local copy of the Hub dataset, read through the same code path
+        spec = dataclasses.replace(spec, hub_id=hub_id)
+    options.setdefault("text_field", spec.text_field)
+    return Source(name=name, spec=spec, **options)

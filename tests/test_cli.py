@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_both_console_scripts_show_help() -> None:
+    lb = cli("longblocks", "--help")
+    assert "sample" in lb.stdout and "select" in lb.stdout and "generate" in lb.stdout
+    tr = cli("dgrpo-train", "--help")
+    assert "sft" in tr.stdout and "rl" in tr.stdout
+
+
+def test_every_longblocks_command_has_help() -> None:
+    for command in ("sources", "sample", "select", "generate", "run", "inspect"):
+        result = cli("longblocks", command, "--help")
+        assert "Usage" in result.stdout, command
+
+
+def test_sources_lists_every_registered_source_with_its_license() -> None:
+    out = cli("longblocks", "sources", env={"COLUMNS": "250"}).stdout
+    for name in ("arxiv", "wikipedia", "stackexchange", "gutenberg", "stack-edu", "fineweb2-hq", "institutional-books"):
+        assert name in out
+    assert "cc-by-sa-4.0" in out and "odc-by" in out
+
+
+def test_readme_top_commands_are_the_ones_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.strip() for line in block.strip().splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 3, commands
+    install, main_job, tests = commands
+    assert install in ci and tests in ci
+    assert main_job == "longblocks run pipelines/quickstart.toml"
+
+
+def test_quickstart_pipeline_runs_offline(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    result = cli("longblocks", "run", str(ROOT / "pipelines" / "quickstart.toml"), "--set", f'run.out="{out}"')
+    assert "select: kept" in result.stderr
+    assert (out / "select" / "manifest.json").exists()
+    # Re-running resumes: nothing new is written and the counts are unchanged.
+    again = cli("longblocks", "run", str(ROOT / "pipelines" / "quickstart.toml"), "--set", f'run.out="{out}"')
+    assert [l for l in again.stderr.splitlines() if "kept" in l and ":" in l][-1] == [
+        l for l in result.stderr.splitlines() if "kept" in l and ":" in l
+    ][-1]
+
+
+def test_unknown_source_is_one_line_error(tmp_path: Path) -> None:
+    result = cli("longblocks", "sample", "--source", "not-a-source", "--out", str(tmp_path / "o"), check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and "unknown source 'not-a-source'" in lines[0] and "arxiv" in lines[0]
+
+
+def test_trainer_stubs_say_not_implemented() -> None:
+    result = cli("dgrpo-train", "sft", check=False)
+    assert result.returncode == 1 and "not implemented" in result.stderr
