@@ -14,6 +14,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import datasets  # noqa: E402
+
+# datasets sleeps 5 s after each interleaved-shards stream ends (a guard against an Arrow shutdown
+# race in long-lived readers); the test streams are tiny and short-lived.
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0.05
+
 WORDS = (
     "the model reads long documents and answers questions about distant parts of each text while "
     "researchers measure evidence recall across sections chapters tables figures appendix results "
