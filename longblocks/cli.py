@@ -186,6 +186,36 @@ def select_cmd(
     print_manifest(manifest, out)
 
 
+@app.command("dedup")
+@friendly_errors
+def dedup_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="Input: a stage directory or parquet shards of documents.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
+    threshold: Annotated[float, typer.Option(help="Exact Jaccard a candidate pair needs to count as a duplicate.")] = 0.8,
+    ngram: Annotated[int, typer.Option(help="Shingle size in words (tokens for code).")] = 5,
+    bands: Annotated[int, typer.Option(help="LSH bands.")] = 14,
+    rows: Annotated[int, typer.Option(help="LSH rows per band (num_perm = bands x rows).")] = 8,
+    seed: Annotated[int, typer.Option(help="MinHash permutation seed.")] = 1,
+    workers: Annotated[int, typer.Option(help="Hashing processes (the survivors do not depend on it).")] = 1,
+    lsh_storage: Annotated[str, typer.Option(help="memory, or redis for corpora beyond one machine.")] = "memory",
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL for --lsh-storage redis.")] = None,
+    part_size: PartSizeOpt = 1000,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Remove near-duplicate documents: MinHash LSH candidates, exact Jaccard check, one survivor per cluster."""
+    from longblocks.dedup import DedupConfig, dedup
+    from longblocks.pipeline import phase_progress
+
+    cfg = DedupConfig(ngram=ngram, bands=bands, rows=rows, seed=seed, threshold=threshold)
+    with progress_bars() as make:
+        manifest = dedup(inp, out, cfg, workers=workers, storage=lsh_storage, redis_url=redis_url,
+                         part_size=part_size, overwrite=overwrite, on_progress=phase_progress(make))
+    print_manifest(manifest, out)
+    report = manifest["dedup"]
+    console.print(f"  clusters {report['clusters']}, candidate pairs {report['candidate_pairs']}, "
+                  f"verified {report['verified_pairs']} (datasketch {report['datasketch_version']}, {report['hashing_scheme']})")
+
+
 @app.command()
 @friendly_errors
 def generate(

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longblocks.dedup import DedupConfig, dedup
 from longblocks.errors import LongBlocksError
 from longblocks.sample import sample
 from longblocks.select import SelectConfig, select
 from longblocks.sources import resolve_source
 
-STAGES = ("sample", "select")
+STAGES = ("sample", "select", "dedup")
 
 
 @dataclass
@@ -58,6 +59,8 @@ class PipelineConfig:
     out: Path
     source: SourceConfig
     select: SelectConfig
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    dedup_workers: int = 1
     part_size: int = 1000
 
 
@@ -93,11 +96,25 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         out=Path(run["out"]),
         source=_section(data, "source", SourceConfig),
         select=_section(data, "select", SelectConfig, tokenizer="approx"),
+        dedup=_section({"dedup": {k: v for k, v in data.get("dedup", {}).items() if k != "workers"}}, "dedup", DedupConfig),
+        dedup_workers=int(data.get("dedup", {}).get("workers", 1)),
         part_size=int(run.get("part_size", 1000)),
     )
 
 
 ProgressFactory = Callable[[str, int | None], Callable[..., None]]
+
+
+def phase_progress(make: ProgressFactory) -> Callable[[str, int, int | None], None]:
+    """Adapter for stages with phases, `on_progress(phase, advance, total)`: one bar per phase."""
+    bars: dict[str, Callable[..., None]] = {}
+
+    def update(phase: str, advance: int, total: int | None) -> None:
+        if phase not in bars:
+            bars[phase] = make(phase, total)
+        bars[phase](advance=advance)
+
+    return update
 
 
 def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: ProgressFactory | None = None) -> dict[str, Any]:
@@ -115,5 +132,9 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Prog
         cfg.out / "sample", cfg.out / "select", cfg.select, part_size=cfg.part_size, overwrite=overwrite,
         on_start=(lambda n: select_bar.update(advance=progress("select", n))) if progress else None,
         on_progress=(lambda n: select_bar["advance"](advance=n)) if progress else None,
+    )
+    manifests["dedup"] = dedup(
+        cfg.out / "select", cfg.out / "dedup", cfg.dedup, workers=cfg.dedup_workers, part_size=cfg.part_size,
+        overwrite=overwrite, on_progress=phase_progress(progress) if progress else None,
     )
     return manifests

@@ -36,6 +36,7 @@ class Rejection:
     id: str
     reason: str
     detail: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)  # extra columns of a stage's rejection schema
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
+def write_table_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp, compression="zstd", write_page_index=True)
     os.replace(tmp, path)
@@ -132,11 +133,13 @@ class StageWriter:
         inputs: Sequence[str] = (),
         part_size: int = 1000,
         overwrite: bool = False,
+        rejection_schema: pa.Schema = REJECTION_SCHEMA,
     ) -> None:
         if part_size < 1:
             raise LongBlocksError("part size must be at least 1")
         self.out_dir = Path(out_dir)
         self.schema = schema
+        self.rejection_schema = rejection_schema
         self.part_size = part_size
         self._pending: list[Outcome] = []
         self._consumed: set[str] = set()
@@ -222,13 +225,13 @@ class StageWriter:
         name = f"part-{len(self.manifest['outputs']['parts']):05d}"
         kept = [r for o in self._pending for r in o.kept]
         rejected = [
-            {"id": r.id, "reason": r.reason, "detail": r.detail} for o in self._pending for r in o.rejected
+            {"id": r.id, "reason": r.reason, "detail": r.detail, **r.fields} for o in self._pending for r in o.rejected
         ]
-        _atomic_write_table(pa.Table.from_pylist(kept, schema=self.schema), self.out_dir / DATA_DIR / f"{name}.parquet")
-        _atomic_write_table(
-            pa.Table.from_pylist(rejected, schema=REJECTION_SCHEMA), self.out_dir / REJECTED_DIR / f"{name}.parquet"
+        write_table_atomic(pa.Table.from_pylist(kept, schema=self.schema), self.out_dir / DATA_DIR / f"{name}.parquet")
+        write_table_atomic(
+            pa.Table.from_pylist(rejected, schema=self.rejection_schema), self.out_dir / REJECTED_DIR / f"{name}.parquet"
         )
-        _atomic_write_table(
+        write_table_atomic(
             pa.Table.from_pylist([{"id": o.input_id} for o in self._pending], schema=CONSUMED_SCHEMA),
             self.out_dir / CONSUMED_DIR / f"{name}.parquet",
         )
@@ -271,6 +274,8 @@ def run_stage(
 ) -> dict[str, Any]:
     """Feed unconsumed records to `process_batch` in batches and commit their outcomes in order."""
     batch: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    repeated = 0
 
     def flush() -> None:
         for outcome in process_batch(batch):
@@ -280,7 +285,10 @@ def run_stage(
         batch.clear()
 
     for record in records:
-        if writer.is_consumed(record["id"]):
+        repeat = record["id"] in seen
+        repeated += repeat  # the same id twice in the input: an exact duplicate, counted in the manifest
+        seen.add(record["id"])
+        if repeat or writer.is_consumed(record["id"]):
             if on_progress:
                 on_progress(1)
             continue
@@ -289,4 +297,4 @@ def run_stage(
             flush()
     if batch:
         flush()
-    return writer.finish()
+    return writer.finish(repeated_input_ids=repeated)

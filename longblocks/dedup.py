@@ -1,0 +1,371 @@
+"""MinHash near-duplicate removal with datasketch: shingle, sketch (parallel), LSH candidates,
+exact Jaccard verification, union-find clusters, one deterministic survivor per cluster.
+Must not hold all documents in memory: only ids, compact sketches, and the shingle sets of LSH
+candidates while they are verified.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from longblocks.errors import LongBlocksError
+from longblocks.records import DOCUMENT_SCHEMA, REJECTION_SCHEMA
+from longblocks.store import (
+    Outcome,
+    Rejection,
+    StageWriter,
+    count_rows,
+    input_files,
+    read_records,
+    run_stage,
+    write_table_atomic,
+)
+
+SCHEME = "affine32"  # datasketch >= 2.0 default; sketches of other schemes are not comparable
+SHINGLE_HASHING = (
+    "64-bit polynomial over xxh3-64 hashes of the n consecutive tokens (exact-Jaccard sets), "
+    "xor-folded to 32 bits as datasketch update_batch inputs"
+)
+CODE_LANGUAGES = {"python", "c", "cpp", "csharp", "go", "java", "javascript", "typescript", "php", "ruby",
+                  "rust", "sql", "shell", "swift", "kotlin", "scala"}
+
+DEDUP_REJECTION_SCHEMA = pa.schema(
+    list(REJECTION_SCHEMA)
+    + [pa.field("cluster_id", pa.string()), pa.field("survivor_id", pa.string()), pa.field("jaccard", pa.float64())]
+)
+SIGNATURE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("n_chars", pa.int64()),
+        pa.field("n_shingles", pa.int64()),
+        pa.field("hashvalues", pa.list_(pa.uint32())),
+    ]
+)
+CLUSTERS_SCHEMA = pa.schema(
+    [pa.field("id", pa.string()), pa.field("cluster_id", pa.string()), pa.field("cluster_size", pa.int64())]
+)
+
+_PUNCT_RE = re.compile(r"[^\w\s]|_", re.UNICODE)
+_DIGITS_RE = re.compile(r"\d+")
+_CODE_TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+_POLY = np.uint64(0x100000001B3)  # FNV prime: odd, so the polynomial mixes every position
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    ngram: int = 5
+    bands: int = 14
+    rows: int = 8
+    seed: int = 1
+    threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.ngram < 1 or self.bands < 1 or self.rows < 1:
+            raise LongBlocksError("ngram, bands and rows must be positive")
+        if not 0.0 < self.threshold <= 1.0:
+            raise LongBlocksError(f"threshold must be in (0, 1], got {self.threshold}")
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows
+
+    @property
+    def detection_probability_at_threshold(self) -> float:
+        """P(candidate) for a pair at exactly `threshold` Jaccard: 1 - (1 - s^r)^b."""
+        return 1.0 - (1.0 - self.threshold**self.rows) ** self.bands
+
+
+def normalize_text(text: str) -> str:
+    """Web-scale normalization: unicode NFKD without accents, lowercase, digits to 0,
+    punctuation removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = _DIGITS_RE.sub("0", text)
+    return " ".join(_PUNCT_RE.sub(" ", text).split())
+
+
+def tokens(text: str, *, code: bool) -> list[str]:
+    """Words after normalization; for code, identifiers and punctuation with case kept."""
+    return _CODE_TOKEN_RE.findall(text) if code else normalize_text(text).split()
+
+
+def shingle_hashes(text: str, *, ngram: int, code: bool) -> np.ndarray:
+    """64-bit hashes of the token n-grams (all tokens as one shingle when there are fewer than n)."""
+    words = tokens(text, code=code)
+    if not words:
+        return np.empty(0, dtype=np.uint64)
+    vocab: dict[str, int] = {}
+    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.int64, count=len(words))
+    word_hashes = np.fromiter((xxhash.xxh3_64_intdigest(w.encode("utf-8", "surrogatepass")) for w in vocab), dtype=np.uint64, count=len(vocab))[ids]
+    n = min(ngram, len(words))
+    with np.errstate(over="ignore"):
+        hashes = word_hashes[: len(words) - n + 1].copy()
+        for k in range(1, n):
+            hashes = hashes * _POLY + word_hashes[k : len(words) - n + 1 + k]
+    return np.unique(hashes)
+
+
+def _fold32(hashes: np.ndarray) -> np.ndarray:
+    return ((hashes >> np.uint64(32)) ^ (hashes & np.uint64(0xFFFFFFFF))).astype(np.uint32)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def is_code(doc: dict[str, Any]) -> bool:
+    return doc.get("language") in CODE_LANGUAGES or doc.get("source") == "stack-edu"
+
+
+def sketch(doc: dict[str, Any], cfg: DedupConfig) -> dict[str, Any]:
+    """A document's MinHash signature (affine32, seed and num_perm from `cfg`)."""
+    hashes = shingle_hashes(doc["text"], ngram=cfg.ngram, code=is_code(doc))
+    minhash = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=_identity, scheme=SCHEME)
+    minhash.update_batch(_fold32(hashes).tolist())  # one vectorized permutation for all shingles
+    return {
+        "id": doc["id"], "source": doc["source"], "n_chars": len(doc["text"]),
+        "n_shingles": int(hashes.size), "hashvalues": minhash.hashvalues.astype(np.uint32),
+    }
+
+
+def _sketch_batch(args: tuple[list[dict[str, Any]], DedupConfig]) -> list[dict[str, Any]]:
+    docs, cfg = args
+    return [sketch(d, cfg) for d in docs]
+
+
+class UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        root = x
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(x, x) != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size == 0 and b.size == 0:
+        return 0.0  # two empty documents share no evidence of duplication
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)
+
+
+def make_lsh(cfg: DedupConfig, storage: str, redis_url: str | None) -> tuple[MinHashLSH, Callable[[], None]]:
+    """An LSH index in memory, or in Redis (datasketch's storage) for corpora beyond one machine."""
+    if storage == "memory":
+        return MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows)), lambda: None
+    if storage != "redis":
+        raise LongBlocksError(f"unknown LSH storage {storage!r}; use memory or redis")
+    try:
+        import redis
+    except ImportError:
+        raise LongBlocksError("--lsh-storage redis needs the `redis` package: pip install redis") from None
+    url = redis_url or "redis://127.0.0.1:6379/0"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise LongBlocksError(f"cannot reach Redis at {url}: {exc}") from None
+    basename = f"longblocks-dedup-{uuid.uuid4().hex}".encode()
+    conn = client.connection_pool.connection_kwargs
+    storage_config = {"type": "redis", "basename": basename,
+                      "redis": {"host": conn.get("host", "127.0.0.1"), "port": conn.get("port", 6379), "db": conn.get("db", 0)}}
+    lsh = MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows), storage_config=storage_config)
+
+    def drop() -> None:
+        keys = list(client.scan_iter(match=basename + b"*"))
+        if keys:
+            client.delete(*keys)
+
+    return lsh, drop
+
+
+@dataclass
+class DedupResult:
+    survivors: dict[str, str]  # id of every document in a cluster of size > 1 -> survivor id
+    jaccard_to_survivor: dict[str, float]
+    cluster_sizes: dict[str, int]  # survivor id -> size
+    candidate_pairs: int
+    verified_pairs: int
+
+
+def find_duplicates(
+    signatures: Iterable[dict[str, Any]],
+    documents: Callable[[], Iterator[dict[str, Any]]],
+    cfg: DedupConfig,
+    *,
+    storage: str = "memory",
+    redis_url: str | None = None,
+) -> DedupResult:
+    """LSH candidates from the signatures, then exact Jaccard on the candidates' shingle sets."""
+    lsh, drop = make_lsh(cfg, storage, redis_url)
+    pairs: set[tuple[str, str]] = set()
+    n_chars: dict[str, int] = {}
+    try:
+        for sig in signatures:
+            if sig["n_shingles"] == 0:
+                continue
+            minhash = LeanMinHash(seed=cfg.seed, hashvalues=np.asarray(sig["hashvalues"], dtype=np.uint32), scheme=SCHEME)
+            for other in lsh.query(minhash):
+                other = other.decode() if isinstance(other, bytes) else other
+                pairs.add((min(other, sig["id"]), max(other, sig["id"])))
+            lsh.insert(sig["id"], minhash, check_duplication=False)
+            n_chars[sig["id"]] = sig["n_chars"]
+    finally:
+        drop()
+
+    candidates = {i for pair in pairs for i in pair}
+    shingles: dict[str, np.ndarray] = {}
+    if candidates:
+        for doc in documents():
+            if doc["id"] in candidates and doc["id"] not in shingles:
+                shingles[doc["id"]] = shingle_hashes(doc["text"], ngram=cfg.ngram, code=is_code(doc))
+    union = UnionFind()
+    verified = 0
+    for a, b in sorted(pairs):
+        if jaccard(shingles[a], shingles[b]) >= cfg.threshold:
+            union.union(a, b)
+            verified += 1
+    members: dict[str, list[str]] = defaultdict(list)
+    for doc_id in candidates:
+        members[union.find(doc_id)].append(doc_id)
+    survivors: dict[str, str] = {}
+    jaccards: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        # Keep the longest document; ties go to the smallest id. Independent of order and workers.
+        keep = min(group, key=lambda i: (-n_chars[i], i))
+        sizes[keep] = len(group)
+        for doc_id in group:
+            survivors[doc_id] = keep
+            jaccards[doc_id] = 1.0 if doc_id == keep else jaccard(shingles[doc_id], shingles[keep])
+    return DedupResult(survivors, jaccards, sizes, len(pairs), verified)
+
+
+def dedup(
+    in_path: str | Path,
+    out_dir: str | Path,
+    cfg: DedupConfig,
+    *,
+    workers: int = 1,
+    storage: str = "memory",
+    redis_url: str | None = None,
+    part_size: int = 1000,
+    overwrite: bool = False,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
+) -> dict[str, Any]:
+    """Write the kept documents of IN to OUT; near-duplicates go to `rejected/` with their cluster,
+    survivor and measured Jaccard; `clusters.parquet` lists every document's cluster."""
+    files = input_files(in_path)
+    out_dir = Path(out_dir)
+    total = count_rows(files)
+    params = {**asdict(cfg), "inputs": [str(Path(f).resolve()) for f in files]}
+    progress = on_progress or (lambda phase, n, total: None)
+
+    def documents() -> Iterator[dict[str, Any]]:
+        return read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA])
+
+    # 1. Signatures, resumable like any stage (hashing is the expensive part).
+    sig_writer = StageWriter(out_dir / "signatures", stage="minhash", schema=SIGNATURE_SCHEMA, params=params,
+                             part_size=part_size, overwrite=overwrite)
+    progress("minhash", 0, total)
+    if workers > 1:
+        pool = get_context("spawn").Pool(workers)
+        chunk = 8
+
+        def process(batch: list[dict[str, Any]]) -> list[Outcome]:
+            chunks = [(batch[i : i + chunk], cfg) for i in range(0, len(batch), chunk)]
+            sigs = [s for part in pool.map(_sketch_batch, chunks) for s in part]
+            return [Outcome(s["id"], kept=[s]) for s in sigs]
+    else:
+        pool = None
+
+        def process(batch: list[dict[str, Any]]) -> list[Outcome]:
+            return [Outcome(d["id"], kept=[sketch(d, cfg)]) for d in batch]
+
+    try:
+        run_stage(documents(), sig_writer, process, batch_size=16 * max(workers, 1) * 4,
+                  on_progress=lambda n: progress("minhash", n, None))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    # 2-3. Candidates and verified clusters (recomputed on restart: cheap next to hashing).
+    result = find_duplicates(
+        read_records(input_files(out_dir / "signatures")), documents, cfg, storage=storage, redis_url=redis_url
+    )
+
+    # 4. Outputs.
+    writer = StageWriter(out_dir, stage="dedup", schema=DOCUMENT_SCHEMA, params=params, inputs=[str(f) for f in files],
+                         part_size=part_size, overwrite=overwrite, rejection_schema=DEDUP_REJECTION_SCHEMA)
+
+    def decide(batch: list[dict[str, Any]]) -> list[Outcome]:
+        outcomes = []
+        for doc in batch:
+            keep = result.survivors.get(doc["id"], doc["id"])
+            if keep == doc["id"]:
+                outcomes.append(Outcome(doc["id"], kept=[doc]))
+                continue
+            score = result.jaccard_to_survivor[doc["id"]]
+            rejection = Rejection(
+                doc["id"], "near_duplicate", f"jaccard {score:.3f} with {keep}",
+                fields={"cluster_id": keep, "survivor_id": keep, "jaccard": score},
+            )
+            outcomes.append(Outcome(doc["id"], rejected=[rejection]))
+        return outcomes
+
+    progress("write", 0, total)
+    run_stage(documents(), writer, decide, on_progress=lambda n: progress("write", n, None))
+
+    clusters = []
+    by_source: dict[str, Counter[str]] = defaultdict(Counter)
+    for row in read_records(files, columns=["id", "source"]):
+        keep = result.survivors.get(row["id"], row["id"])
+        clusters.append({"id": row["id"], "cluster_id": keep, "cluster_size": result.cluster_sizes.get(keep, 1)})
+        by_source[row["source"]]["input"] += 1
+        by_source[row["source"]]["kept" if keep == row["id"] else "removed"] += 1
+    write_table_atomic(pa.Table.from_pylist(clusters, schema=CLUSTERS_SCHEMA), out_dir / "clusters.parquet")
+    report = {
+        "parameters": {
+            **asdict(cfg),
+            "num_perm": cfg.num_perm,
+            "shingle": "word n-grams after normalization; code: token n-grams (identifiers, punctuation, case kept)",
+            "normalization": "NFKD, accents removed, lowercase, digits->0, punctuation removed, whitespace collapsed",
+            "detection_probability_at_threshold": round(cfg.detection_probability_at_threshold, 4),
+        },
+        "datasketch_version": metadata.version("datasketch"),
+        "hashing_scheme": SCHEME,
+        "shingle_hashing": SHINGLE_HASHING,
+        "keep_rule": "longest document per cluster, ties to the smallest id",
+        "candidate_pairs": result.candidate_pairs,
+        "verified_pairs": result.verified_pairs,
+        "clusters": len(result.cluster_sizes),
+        "by_source": {source: dict(counts) for source, counts in sorted(by_source.items())},
+    }
+    return writer.finish(dedup=report)
