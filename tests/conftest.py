@@ -14,6 +14,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU tensors through the interpreter; must be set before triton loads.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import datasets  # noqa: E402
 
 # datasets sleeps 5 s after each interleaved-shards stream ends (a guard against an Arrow shutdown

@@ -1,0 +1,23 @@
+"""The benchmark scripts keep running (tiny shapes, CPU); no timing is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_kernel_benchmark_runs_in_smoke_mode() -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--device", "cpu", "--smoke"],
+                            capture_output=True, text=True, timeout=300, env=env, check=True)
+    rows = [l for l in result.stdout.splitlines() if l.startswith("| token_logprobs") or l.startswith("| full_vocab_kl")]
+    assert len(rows) == 4 and all("ms" in r for r in rows)
+
+
+def test_dedup_benchmark_runs_on_a_few_documents() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dedup.py"), "--docs", "4", "--words", "500"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    assert "x plain" in result.stdout and result.stdout.count("| longblocks") == 2
