@@ -216,6 +216,34 @@ def dedup_cmd(
                   f"verified {report['verified_pairs']} (datasketch {report['datasketch_version']}, {report['hashing_scheme']})")
 
 
+BackendOpt = Annotated[str, typer.Option(help="openai (any OpenAI-compatible server) or vllm (in-process, GPU hosts).")]
+BaseUrlOpt = Annotated[str | None, typer.Option(help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")]
+ApiKeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key (never logged or stored).")]
+ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight at once.")]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds per request (long: thinking models write long outputs).")]
+RetriesOpt = Annotated[int, typer.Option(help="Retries on 429, 5xx, connection errors and timeouts.")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (always sent explicitly).")]
+TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling top_p.")]
+MaxNewOpt = Annotated[int, typer.Option(help="max_tokens per completion, reasoning included.")]
+CacheOpt = Annotated[str | None, typer.Option(help="sqlite request cache (default: beside the stage directory).")]
+TPOpt = Annotated[int, typer.Option(help="Tensor parallel size for --backend vllm.")]
+
+
+def _backend_config(cls: type, model: str, backend: str, base_url: str | None, api_key_env: str, concurrency: int,
+                    timeout: float, max_retries: int, temperature: float, top_p: float, max_tokens: int,
+                    cache: str | None, tensor_parallel_size: int, **extra: Any) -> Any:
+    return cls(model=model, backend=backend, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+               timeout=timeout, max_retries=max_retries, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+               cache=cache, tensor_parallel_size=tensor_parallel_size, **extra)
+
+
+def _print_backend_stats(manifest: dict[str, Any]) -> None:
+    for key in ("generation", "judge"):
+        if key in manifest:
+            info = manifest[key]
+            console.print(f"  {key}: {info['backend']} {info['model']} (prompts {info['prompt_sha256']})", highlight=False)
+
+
 @app.command()
 @friendly_errors
 def generate(
@@ -231,23 +259,88 @@ def generate(
     tokenizer: TokenizerOpt = "approx",
     min_tokens: MinTokOpt = 4096,
     max_tokens: MaxTokOpt = 131072,
+    model: Annotated[str, typer.Option(help="Generator model (served name, or path/id for --backend vllm). "
+                                            "Empty: stop after dedup.")] = "",
+    backend: BackendOpt = "openai",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    concurrency: ConcurrencyOpt = 64,
+    timeout: TimeoutOpt = 1800.0,
+    max_retries: RetriesOpt = 6,
+    temperature: TemperatureOpt = 0.6,
+    top_p: TopPOpt = 0.95,
+    max_new_tokens: MaxNewOpt = 16384,
+    cache: CacheOpt = None,
+    tensor_parallel_size: TPOpt = 1,
+    question_types: Annotated[str, typer.Option(help="Comma-separated question types, spread over documents.")] =
+        "summary,multi_part_retrieval,multi_hop,comprehensive,classification",
+    n_questions: Annotated[int, typer.Option(help="Pairs asked per document (one request per document).")] = 3,
+    judge_model: Annotated[str, typer.Option(help="Judge model for the filter stage (empty: no filtering).")] = "",
+    judge_base_url: Annotated[str | None, typer.Option(help="Judge server URL (default: --base-url).")] = None,
     part_size: PartSizeOpt = 1000,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Run the pipeline stages available so far (sample -> select) for one source into a run directory."""
-    from longblocks.pipeline import PipelineConfig, run_pipeline
+    """Run the pipeline for one source into a run directory: sample -> select -> dedup -> QA generation -> judge."""
+    from longblocks.pipeline import FilterSection, GenerateSection, PipelineConfig, run_pipeline
     from longblocks.select import SelectConfig
 
+    shared = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
+                  max_retries=max_retries, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                  cache=cache, tensor_parallel_size=tensor_parallel_size)
     cfg = PipelineConfig(
         out=out,
         source=_source_config(source, languages, per_language, quota, seed, text_field, include, hub_id),
         select=SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens),
+        generate=_backend_config(GenerateSection, model, base_url=base_url, question_types=question_types.split(","),
+                                 n_questions=n_questions, **shared),
+        filter=_backend_config(FilterSection, judge_model, base_url=judge_base_url or base_url,
+                               **{**shared, "cache": None}),
         part_size=part_size,
     )
     with progress_bars() as make:
         manifests = run_pipeline(cfg, overwrite=overwrite, progress=make)
     for stage, manifest in manifests.items():
         print_manifest(manifest, out / stage)
+        _print_backend_stats(manifest)
+
+
+@app.command("filter")
+@friendly_errors
+def filter_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="QA records: a generate stage directory or parquet shards.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
+    model: Annotated[str, typer.Option(help="Judge model (served name, or path/id for --backend vllm).")],
+    backend: BackendOpt = "openai",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    concurrency: ConcurrencyOpt = 64,
+    timeout: TimeoutOpt = 1800.0,
+    max_retries: RetriesOpt = 6,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    max_new_tokens: MaxNewOpt = 8192,
+    cache: CacheOpt = None,
+    tensor_parallel_size: TPOpt = 1,
+    local_span_window: Annotated[int, typer.Option(help="Also reject answers whose words all fit in one window of "
+                                                        "this many document words (0: off).")] = 0,
+    part_size: PartSizeOpt = 500,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Judge QA pairs with an LLM (one request per document): keep what passes, record why the rest fail."""
+    from longblocks.judge import filter_qa
+    from longblocks.pipeline import FilterSection, phase_progress
+
+    section = _backend_config(FilterSection, model, backend, base_url, api_key_env, concurrency, timeout, max_retries,
+                              temperature, top_p, max_new_tokens, cache, tensor_parallel_size)
+    judge = section.build(out)
+    try:
+        with progress_bars() as make:
+            manifest = filter_qa(inp, out, judge, local_span_window=local_span_window, part_size=part_size,
+                                 overwrite=overwrite, on_progress=phase_progress(make))
+    finally:
+        judge.close()
+    print_manifest(manifest, out)
+    _print_backend_stats(manifest)
 
 
 @app.command()

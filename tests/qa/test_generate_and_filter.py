@@ -1,0 +1,196 @@
+"""QA generation and judging over real HTTP against the scripted server (a test double for the
+model): malformed, truncated, thinking-wrapped and multilingual completions, 429s, 500s, slow
+responses; every document ends as records or recorded rejections; the cache prevents re-sending."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import cli, random_text
+from longblocks.backends import OpenAIBackend, RequestCache, Sampling, split_reasoning
+from longblocks.judge import parse_verdicts
+from longblocks.qa import parse_pairs
+from openai_double import ScriptedServer
+
+MODES = ["good", "malformed", "truncated", "thinking", "overthinking", "german", "referential",
+         "rate_limited", "flaky", "broken", "slow"]
+SECRET = "sk-test-DO-NOT-LEAK-9f8e7d6c"
+
+
+def corpus(root: Path, modes: list[str], words: int = 120) -> Path:
+    rng = random.Random(0)
+    root.mkdir(parents=True)
+    for i, mode in enumerate(modes):
+        (root / f"{i:02d}-{mode}.md").write_text(f"[[mode:{mode}]] " + random_text(rng, words))
+    return root
+
+
+def run_generate(src: Path, out: Path, server: ScriptedServer, *extra: str, env: dict | None = None):
+    return cli("longblocks", "generate", "--source", f"local:{src}", "--out", str(out), "--min-tokens", "10",
+               "--model", "scripted-gen", "--base-url", server.base_url, "--judge-model", "scripted-judge",
+               "--timeout", "1.5", "--max-retries", "2", "--concurrency", "4", "--max-new-tokens", "512",
+               "--part-size", "3", *extra, env={"OPENAI_API_KEY": SECRET, **(env or {})})
+
+
+def rejections(stage: Path) -> list[dict]:
+    return pq.read_table(stage / "rejected").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("gen")
+    src = corpus(tmp / "docs", MODES)
+    server = ScriptedServer(slow_first=4.0)
+    with server:
+        result = run_generate(src, tmp / "run", server)
+        first = dict(server.requests)
+        again = run_generate(src, tmp / "run2", server, "--cache", str(tmp / "run" / "generate.requests.sqlite"))
+        second = {k: v - first.get(k, 0) for k, v in server.requests.items()}
+    return tmp, result, first, second, again
+
+
+def test_every_document_ends_as_records_or_rejections(generated) -> None:
+    tmp, result, *_ = generated
+    gen = tmp / "run" / "generate"
+    kept = pq.read_table(gen / "data").to_pylist()
+    rejected = rejections(gen)
+    consumed = set(pq.read_table(gen / "consumed")["id"].to_pylist())
+    docs = pq.read_table(tmp / "run" / "dedup" / "data").to_pylist()
+    assert consumed == {d["id"] for d in docs} and len(docs) == len(MODES)
+    by_mode = {d["text"].split("]]")[0][len("[[mode:"):]: d["id"] for d in docs}
+    kept_docs = {r["doc_id"] for r in kept}
+    reasons: dict[str, set[str]] = {}
+    for r in rejected:
+        doc = next(d for d in by_mode.values() if d in r["detail"])
+        reasons.setdefault(doc, set()).add(r["reason"])
+    for mode, doc in by_mode.items():
+        assert doc in kept_docs or doc in reasons, f"{mode} lost"
+    assert reasons[by_mode["malformed"]] == {"no_pairs"}
+    assert reasons[by_mode["overthinking"]] == {"truncated"}
+    assert reasons[by_mode["referential"]] == {"not_self_contained"}
+    assert reasons[by_mode["broken"]] == {"request_failed"}
+    assert "truncated" in reasons[by_mode["truncated"]]
+    questions = {r["question"] for r in kept}
+    assert "What links the opening and the end?" in questions and "fake?" not in questions
+    assert "Wie hängen Anfang und Ende zusammen?" in questions
+    assert all(r["generator"] == "scripted-gen" and r["document"] for r in kept)
+    for mode in ("rate_limited", "flaky", "slow", "good"):
+        assert by_mode[mode] in kept_docs, mode
+
+
+def test_retries_happen_and_failures_are_bounded(generated) -> None:
+    _, _, first, *_ = generated
+    assert first["rate_limited"] == 3  # two 429s, then success
+    assert first["flaky"] == 2  # one 500
+    assert first["slow"] == 2  # one timeout
+    assert first["broken"] == 3  # 1 + max_retries, then recorded as request_failed
+
+
+def test_second_run_hits_the_cache(generated) -> None:
+    _, _, _, second, again = generated
+    sent = {k: v for k, v in second.items() if v and not k.startswith("judge:")}
+    assert sent == {"broken": 3}, sent  # only the failure (never cached) is tried again
+    assert "Traceback" not in again.stderr
+
+
+def test_judge_keeps_passes_and_records_reasons(generated) -> None:
+    tmp, *_ = generated
+    filt = tmp / "run" / "filter"
+    kept = pq.read_table(filt / "data").to_pylist()
+    rejected = rejections(filt)
+    assert kept and all(r["judge_verdict"] == "pass" for r in kept)
+    assert {r["reason"] for r in rejected} == {"unsupported"}
+    assert all("method change" in r["question"] for r in pq.read_table(tmp / "run" / "generate" / "data").to_pylist()
+               if r["id"] in {x["id"] for x in rejected})
+    manifest = json.loads((filt / "manifest.json").read_text())
+    assert manifest["judge"]["model"] == "scripted-judge" and "judge" in manifest["judge"]["prompt_sha256"]
+
+
+def test_api_key_is_not_written_anywhere(generated) -> None:
+    tmp, result, *_ = generated
+    assert SECRET not in result.stdout + result.stderr
+    for path in (tmp / "run").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_killed_generate_resumes_without_resending_finished_requests(tmp_path: Path) -> None:
+    modes = ["good"] * 24
+    src = tmp_path / "docs"
+    src.mkdir()
+    rng = random.Random(1)
+    for i in range(24):
+        (src / f"{i:02d}.md").write_text(f"[[mode:good]] doc {i} " + random_text(rng, 80))
+    server = ScriptedServer(delay=0.3)
+    with server:
+        args = ["generate", "--source", f"local:{src}", "--out", str(tmp_path / "run"), "--min-tokens", "10",
+                "--model", "m", "--base-url", server.base_url, "--concurrency", "2", "--part-size", "4"]
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "longblocks"), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while server.requests["good"] < 9 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        before = list(server.prompts)
+        cli("longblocks", *args)
+        after = server.prompts[len(before):]
+    assert len(before) >= 9
+    assert not set(after) & set(before[:-2]), "finished requests were sent again"  # the last two were in flight
+    assert len(set(before) | set(after)) == 24
+    kept = pq.read_table(tmp_path / "run" / "generate" / "data").to_pylist()
+    assert len({r["id"] for r in kept}) == len(kept) == 24 * 2
+    assert len({r["doc_id"] for r in kept}) == 24
+    del modes
+
+
+def test_parser_handles_numbering_bold_and_multiline_answers() -> None:
+    pairs, problems = parse_pairs(
+        "Here are the pairs.\n\n**Question 1:** What are A and B?\n**Answer 1:** A is one.\nB is two.\n\n"
+        "Q: Why?\nA: Because.\n\nQuestion: Left open?\n"
+    )
+    assert pairs == [("What are A and B?", "A is one.\nB is two."), ("Why?", "Because.")]
+    assert problems == [("unanswered_question", "Left open?")]
+
+
+def test_split_reasoning() -> None:
+    assert split_reasoning("<think>plan</think>\nQuestion: x") == ("Question: x", "plan")
+    assert split_reasoning("<think>never ends") == ("", "never ends")
+    assert split_reasoning("plain", "field") == ("plain", "field")
+
+
+def test_verdict_parser_is_robust() -> None:
+    text = ("Pair 1: well_formed: yes; complete: yes; supported: yes; multi_span: yes; self_contained: yes; "
+            "verdict: pass; reason: fine\n\n**Pair 2:**\n- **Supported**: No\n- Verdict: FAIL\n- reason: invented date\n"
+            "Pair 3:\nverdict: pass\nmulti_span: no\n")
+    verdicts = parse_verdicts(text, 4)
+    assert verdicts[1].passed and verdicts[1].reasons == ["judge: fine"]
+    assert not verdicts[2].passed and verdicts[2].reasons[0] == "unsupported"
+    assert not verdicts[3].passed and verdicts[3].reasons == ["local_span"]
+    assert 4 not in verdicts
+
+
+def test_backend_cache_is_keyed_by_model_sampling_and_messages(tmp_path: Path) -> None:
+    cache = RequestCache(tmp_path / "c.sqlite")
+    msgs = [{"role": "user", "content": "x"}]
+    keys = {RequestCache.key("a", Sampling(), msgs), RequestCache.key("b", Sampling(), msgs),
+            RequestCache.key("a", Sampling(temperature=0.1), msgs), RequestCache.key("a", Sampling(), msgs + msgs)}
+    assert len(keys) == 4
+    with ScriptedServer() as server:
+        backend = OpenAIBackend("m", base_url=server.base_url, cache=cache, concurrency=2)
+        out = list(backend.map_ordered(["[[mode:good]] a", "[[mode:german]] b"], lambda s: [{"role": "user", "content": s}]))
+        assert [o[0] for o in out] == ["[[mode:good]] a", "[[mode:german]] b"]
+        assert out[0][1].reasoning == "separate reasoning field"
+        again = list(backend.map_ordered(["[[mode:good]] a"], lambda s: [{"role": "user", "content": s}]))
+        backend.close()
+    assert again[0][1].cached and server.requests["good"] == 1
