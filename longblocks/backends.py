@@ -16,7 +16,6 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,7 +112,8 @@ class BackendStats:
 
 
 class OpenAIBackend:
-    """`openai.AsyncOpenAI` against any OpenAI-compatible endpoint, run on its own event loop thread."""
+    """`openai.AsyncOpenAI` against any OpenAI-compatible endpoint. The event loop is driven from the
+    calling thread while it waits for the oldest result: no thread hand-off per request."""
 
     name = "openai"
     RETRYABLE_STATUS = {408, 409, 429}
@@ -132,8 +132,6 @@ class OpenAIBackend:
         self.stats = BackendStats()
         self._openai = openai
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="longblocks-openai")
-        self._thread.start()
         # The key is read here from the environment and only handed to the client.
         api_key = os.environ.get(api_key_env) or "EMPTY"
 
@@ -141,7 +139,7 @@ class OpenAIBackend:
             return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0), \
                 asyncio.Semaphore(concurrency)
 
-        self._client, self._sem = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+        self._client, self._sem = self._loop.run_until_complete(make())
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "base_url": self.base_url, "sampling": asdict(self.sampling),
@@ -214,38 +212,47 @@ class OpenAIBackend:
         """Run requests concurrently (at most `concurrency` in flight), yield results in input order;
         at most `lookahead` items are held at once (bounded memory)."""
         lookahead = lookahead or 2 * self.concurrency
-        pending: deque[tuple[T, Future[Completion] | Completion]] = deque()
-        for item in items:
-            messages = to_messages(item)
-            key = RequestCache.key(self.model, self.sampling, messages)
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.stats.cached += 1
-                pending.append((item, cached))
-            else:
-                pending.append((item, asyncio.run_coroutine_threadsafe(self._complete_and_cache(key, messages), self._loop)))
-            while len(pending) >= lookahead or (pending and _ready(pending[0][1])):
-                yield _resolve(pending.popleft())
-        while pending:
-            yield _resolve(pending.popleft())
+        pending: deque[tuple[T, asyncio.Task[Completion] | Completion]] = deque()
+        source = iter(items)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < lookahead:
+                    item = next(source, _END)
+                    if item is _END:
+                        exhausted = True
+                        break
+                    messages = to_messages(item)
+                    key = RequestCache.key(self.model, self.sampling, messages)
+                    cached = self.cache.get(key)
+                    if cached is not None:
+                        self.stats.cached += 1
+                        pending.append((item, cached))
+                    else:
+                        pending.append((item, self._loop.create_task(self._complete_and_cache(key, messages))))
+                if not pending:
+                    return
+                item, head = pending.popleft()
+                if isinstance(head, Completion):
+                    yield item, head
+                    continue
+                if not head.done():
+                    self._loop.run_until_complete(asyncio.wait([head]))
+                yield item, head.result()
+        finally:
+            tasks = [t for _, t in pending if isinstance(t, asyncio.Task)]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
     def close(self) -> None:
-        async def shutdown() -> None:
-            await self._client.close()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
         self.cache.close()
 
 
-def _ready(value: Future[Completion] | Completion) -> bool:
-    return isinstance(value, Completion) or value.done()
-
-
-def _resolve(pair: tuple[T, Future[Completion] | Completion]) -> tuple[T, Completion]:
-    item, value = pair
-    return item, value if isinstance(value, Completion) else value.result()
+_END = object()
 
 
 class VLLMBackend:
