@@ -343,6 +343,46 @@ def filter_cmd(
     _print_backend_stats(manifest)
 
 
+@app.command("publish")
+@friendly_errors
+def publish_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="A run directory, or its filter/generate stage directory.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write data/ shards and README.md into.")],
+    repo_id: Annotated[str, typer.Option(help="Repo id shown in the card's usage snippet.")] = "ORG/NAME",
+    pretty_name: Annotated[str, typer.Option(help="Dataset name in the card.")] = "LongBlocks",
+    max_shard_size: Annotated[str, typer.Option(help="Largest shard, in Arrow bytes (as datasets sizes shards).")] = "500MB",
+    row_group_rows: Annotated[int, typer.Option(help="Rows per parquet row group (the viewer wants small ones).")] = 100,
+    working_config: Annotated[bool, typer.Option(help="Also write a 'working' config with the provenance columns.")] = False,
+    license: Annotated[str | None, typer.Option(help="License id (default: cc-by-sa-4.0 with share-alike sources, else cc-by-4.0).")] = None,
+) -> None:
+    """Write Hub-ready parquet shards (published LongBlocks columns) and a dataset card."""
+    from longblocks.publish import publish
+
+    summary = publish(inp, out, repo_id=repo_id, pretty_name=pretty_name, max_shard_size=max_shard_size,
+                      row_group_rows=row_group_rows, working_config=working_config, license=license)
+    console.print(f"[green]publish[/]: {summary['rows']} rows in {len(summary['shards'])} shard(s), "
+                  f"license {summary['license']} -> {out}")
+
+
+@app.command("push")
+@friendly_errors
+def push_cmd(
+    folder: Annotated[Path, typer.Argument(metavar="OUT", help="A folder written by `longblocks publish`.")],
+    repo_id: Annotated[str, typer.Option(help="Dataset repo on the Hub: ORG/NAME.")],
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="List the files and commits without uploading.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Branch to commit to (default: main).")] = None,
+    max_commit_files: Annotated[int, typer.Option(help="Files per commit.")] = 50,
+    max_commit_size: Annotated[str, typer.Option(help="Bytes per commit, e.g. 2GB.")] = "2GB",
+) -> None:
+    """Upload a published folder to the Hub (token from HF_TOKEN or `hf auth login`; HF_ENDPOINT honoured)."""
+    from longblocks.publish import parse_size
+    from longblocks.push import push
+
+    push(folder, repo_id, private=private, dry_run=dry_run, revision=revision, max_files=max_commit_files,
+         max_bytes=parse_size(max_commit_size), log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+
 @app.command()
 @friendly_errors
 def run(

@@ -1,0 +1,181 @@
+"""Publish a run as a Hub-ready dataset folder: `data/train-XXXXX-of-YYYYY.parquet` shards with the
+published LongBlocks columns, and a `README.md` dataset card rendered from `data_cards/`.
+Must not upload: `longblocks push` does that.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from longblocks.errors import LongBlocksError
+from longblocks.records import PROVENANCE_COLUMNS, published_column_names
+from longblocks.sources import REGISTRY
+from longblocks.store import MANIFEST, count_rows, input_files, read_manifest
+
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
+STAGE_ORDER = ("sample", "select", "dedup", "generate", "filter")
+_SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")]
+
+
+def parse_size(value: str | int) -> int:
+    """'500MB', '2GB', '10KB' or a number of bytes."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().replace("IB", "B")
+    for suffix, factor in (("KB", 10**3), ("MB", 10**6), ("GB", 10**9), ("B", 1)):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
+
+
+def size_category(n: int) -> str:
+    return next((label for limit, label in _SIZE_CATEGORIES if n < limit), "n>1T")
+
+
+def _run_dir_and_stage(path: Path) -> tuple[Path, Path]:
+    """(run directory, QA stage directory) from either a run directory or a stage directory."""
+    if (path / MANIFEST).exists():
+        return path.parent, path
+    for stage in ("filter", "generate"):
+        if (path / stage / MANIFEST).exists():
+            return path, path / stage
+    raise LongBlocksError(f"{path} is neither a QA stage directory nor a run directory with generate/ or filter/")
+
+
+def _table_columns(files: list[Path], working: bool) -> list[str]:
+    names = pq.ParquetFile(files[0]).schema_arrow.names
+    missing = [c for c in published_column_names(pa.schema([pa.field(n, pa.string()) for n in names])) if c not in names]
+    if missing:
+        raise LongBlocksError(f"{files[0]} lacks published column(s) {missing}: is it a QA stage?")
+    published = published_column_names(pq.ParquetFile(files[0]).schema_arrow)
+    return published + [c for c in PROVENANCE_COLUMNS if c in names] if working else published
+
+
+def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_size: int, row_group_rows: int,
+                 split: str = "train", subdir: str = "data") -> list[Path]:
+    """Contiguous shards, as `datasets.push_to_hub` sizes them: ceil(arrow bytes / max) shards with
+    rows split evenly, written in input order (two streaming passes, bounded memory)."""
+    total_bytes = 0
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=1024):
+            total_bytes += batch.nbytes
+    n_rows = count_rows(files)
+    n_shards = max(1, math.ceil(total_bytes / max_shard_size)) if n_rows else 1
+    n_shards = min(n_shards, max(n_rows, 1))
+    bounds = [n_rows * i // n_shards for i in range(n_shards + 1)]
+    target = out / subdir
+    target.mkdir(parents=True, exist_ok=True)
+    for stale in target.glob(f"{split}-*.parquet"):
+        stale.unlink()
+    paths = [target / f"{split}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
+    schema = pq.ParquetFile(files[0]).schema_arrow
+    schema = pa.schema([schema.field(c) for c in columns])
+    shard, written, writer = 0, 0, None
+
+    def open_writer(i: int) -> pq.ParquetWriter:
+        return pq.ParquetWriter(paths[i].with_suffix(".tmp"), schema, compression="zstd", write_page_index=True)
+
+    writer = open_writer(0)
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=row_group_rows):
+            table = pa.Table.from_batches([batch], schema=schema)
+            while table.num_rows:
+                room = bounds[shard + 1] - written
+                if room == 0:
+                    writer.close()
+                    shard += 1
+                    writer = open_writer(shard)
+                    continue
+                part = table.slice(0, room)
+                writer.write_table(part, row_group_size=row_group_rows)
+                written += part.num_rows
+                table = table.slice(part.num_rows)
+    writer.close()
+    for i in range(shard + 1, n_shards):  # shards left empty only when there are no rows
+        open_writer(i).close()
+    for p in paths:
+        os.replace(p.with_suffix(".tmp"), p)
+    return paths
+
+
+def _license(source_names: list[str], override: str | None) -> tuple[str, str]:
+    specs = [REGISTRY[n] for n in source_names if n in REGISTRY]
+    share_alike = [s.name for s in specs if s.share_alike]
+    licenses = "; ".join(f"{s.name}: {s.license}" for s in specs) or "local sources: see their own licenses"
+    if override:
+        license_id = override
+    else:
+        license_id = "cc-by-sa-4.0" if share_alike else "cc-by-4.0"
+    text = f"Released under {license_id}. Source licenses: {licenses}."
+    if share_alike:
+        text += f" Share-alike sources ({', '.join(share_alike)}) make the whole dataset share-alike."
+        if override and "sa" not in override.lower():
+            raise LongBlocksError(f"--license {override} conflicts with the share-alike sources {share_alike}")
+    return license_id, text
+
+
+def publish(
+    in_path: str | Path, out_dir: str | Path, *, repo_id: str = "ORG/NAME", pretty_name: str = "LongBlocks",
+    max_shard_size: str | int = "500MB", row_group_rows: int = 100, working_config: bool = False,
+    license: str | None = None,
+) -> dict[str, Any]:
+    """Write shards and a dataset card to OUT; returns a summary (files, rows, card metadata)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    run_dir, stage_dir = _run_dir_and_stage(Path(in_path))
+    files = input_files(stage_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = _table_columns(files, working=False)
+    max_bytes = parse_size(max_shard_size)
+    shards = write_shards(files, out, columns, max_shard_size=max_bytes, row_group_rows=row_group_rows)
+    configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}], "default": True}]
+    if working_config:
+        write_shards(files, out, _table_columns(files, working=True), max_shard_size=max_bytes,
+                     row_group_rows=row_group_rows, subdir="working")
+        configs.append({"config_name": "working", "data_files": [{"split": "train", "path": "working/train-*"}]})
+
+    stats: dict[str, Counter[str]] = {"source": Counter(), "language": Counter(), "question_type": Counter()}
+    doc_ids = set()
+    for path in files:
+        table = pq.read_table(path, columns=["source", "language", "question_type", "doc_id"])
+        for key in stats:
+            stats[key].update(table[key].to_pylist())
+        doc_ids.update(table["doc_id"].to_pylist())
+    n_rows = sum(stats["source"].values())
+    manifests = {s: read_manifest(run_dir / s) for s in STAGE_ORDER if (run_dir / s / MANIFEST).exists()}
+    source_names = sorted(stats["source"])
+    license_id, license_text = _license(source_names, license)
+    source_datasets = sorted({REGISTRY[n].hub_id for n in source_names if n in REGISTRY})
+    card_data = DatasetCardData(
+        language=sorted(l for l in stats["language"] if len(l) in (2, 3)) or None, license=license_id,
+        annotations_creators=["machine-generated"], language_creators=["found"],
+        task_categories=["question-answering", "text-generation"], size_categories=[size_category(n_rows)],
+        source_datasets=source_datasets or None, pretty_name=pretty_name, configs=configs,
+        tags=["long-context", "synthetic", "longblocks"],
+    )
+    sources = [{"name": n, "rows": c, "license": REGISTRY[n].license if n in REGISTRY else "see the local files"}
+               for n, c in stats["source"].most_common()]
+    stages = [{"name": s, "consumed": m["inputs"]["consumed"], "kept": m["outputs"]["kept"],
+               "rejected": ", ".join(f"{r} {n}" for r, n in m.get("rejected", {}).items())} for s, m in manifests.items()]
+    final = manifests.get("filter") or manifests.get("generate") or {}
+    card = DatasetCard.from_template(
+        card_data, template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, n_rows=n_rows,
+        n_documents=len(doc_ids), sources=sources, languages=stats["language"].most_common(),
+        question_types=stats["question_type"].most_common(), stages=stages,
+        dedup=manifests.get("dedup", {}).get("dedup"), generation=manifests.get("generate", {}).get("generation"),
+        judge=manifests.get("filter", {}).get("judge"), license_text=license_text,
+        response_columns=[c for c in columns if c.startswith("response_")],
+        versions=final.get("versions", {"longblocks": "?"}),
+    )
+    card.save(out / "README.md")
+    return {"rows": n_rows, "shards": [str(p.relative_to(out)) for p in shards], "license": license_id,
+            "columns": columns}

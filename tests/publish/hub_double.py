@@ -1,0 +1,141 @@
+"""TEST DOUBLE: a local stand-in for the parts of the Hugging Face Hub HTTP API that
+`huggingface_hub`'s create_repo and create_commit use (repo creation, preupload, commit with
+inline "regular" files), on 127.0.0.1. It stores committed files in a folder, answers the first
+commit with a 429, and records every request so tests can check what was sent."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from openai_double import _free_port
+
+
+def git_blob_sha(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class HubDouble:
+    def __init__(self, storage: Path, *, fail_first_commit: int = 1) -> None:
+        self.storage = storage
+        self.repos: dict[str, dict[str, Any]] = {}
+        self.commits: list[dict[str, Any]] = []
+        self.requests: list[tuple[str, str]] = []
+        self.auth: set[str] = set()
+        self.validated: list[str] = []
+        self.last_oid = "0" * 40
+        self.fail_first_commit = fail_first_commit
+        self.port = _free_port()
+        app = Starlette(routes=[
+            Route("/api/repos/create", self.create, methods=["POST"]),
+            Route("/api/datasets/{org}/{name}/preupload/{revision}", self.preupload, methods=["POST"]),
+            Route("/api/datasets/{org}/{name}/commit/{revision}", self.commit, methods=["POST"]),
+            Route("/api/validate-yaml", self.validate_yaml, methods=["POST"]),
+            Route("/api/datasets/{org}/{name}/revision/{revision}", self.info, methods=["GET"]),
+        ])
+        app.add_route("/{path:path}", self.unknown, methods=["GET", "POST", "PUT", "HEAD"])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> HubDouble:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def _seen(self, request: Request) -> None:
+        self.requests.append((request.method, request.url.path))
+        if "authorization" in request.headers:
+            self.auth.add(request.headers["authorization"])
+
+    async def unknown(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        return JSONResponse({"error": "not emulated"}, status_code=404)
+
+    async def validate_yaml(self, request: Request) -> JSONResponse:
+        """Front matter must parse as YAML and as huggingface_hub's DatasetCardData, with the keys
+        the Hub's dataset viewer and search use."""
+        import yaml
+        from huggingface_hub import DatasetCardData
+
+        self._seen(request)
+        body = await request.json()
+        self.validated.append(body["content"])
+        try:
+            meta = yaml.safe_load(body["content"].split("---")[1])
+            DatasetCardData(**meta)
+            missing = [k for k in ("license", "configs", "task_categories", "size_categories") if k not in meta]
+            if missing:
+                raise ValueError(f"missing {missing}")
+        except Exception as exc:
+            return JSONResponse({"errors": [{"message": str(exc)}]}, status_code=400)
+        return JSONResponse({"errors": [], "warnings": []})
+
+    async def info(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        repo = f"{request.path_params['org']}/{request.path_params['name']}"
+        root = self.storage / repo
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+        return JSONResponse({"_id": repo, "id": repo, "sha": self.last_oid, "private": self.repos[repo]["private"],
+                             "siblings": [{"rfilename": f} for f in files]})
+
+    async def create(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        body = await request.json()
+        repo = f"{body.get('organization')}/{body['name']}"
+        if repo in self.repos:
+            return JSONResponse({"error": "You already created this dataset repo",
+                                 "url": f"{self.endpoint}/datasets/{repo}"}, status_code=409)
+        self.repos[repo] = {"private": body.get("visibility") == "private" or bool(body.get("private")),
+                            "type": body.get("type")}
+        return JSONResponse({"url": f"{self.endpoint}/datasets/{repo}", "name": repo})
+
+    async def preupload(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        body = await request.json()
+        root = self.storage / request.path_params["org"] / request.path_params["name"]
+        files = []
+        for f in body["files"]:
+            stored = root / f["path"]
+            files.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                          "oid": git_blob_sha(stored.read_bytes()) if stored.exists() else None})
+        return JSONResponse({"files": files})
+
+    async def commit(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        if self.fail_first_commit > 0:
+            self.fail_first_commit -= 1
+            return JSONResponse({"error": "rate limited"}, status_code=429, headers={"retry-after": "0"})
+        lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
+        header = next(l["value"] for l in lines if l["key"] == "header")
+        root = self.storage / request.path_params["org"] / request.path_params["name"]
+        written = []
+        for line in lines:
+            if line["key"] == "file":
+                target = root / line["value"]["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(base64.b64decode(line["value"]["content"]))
+                written.append(line["value"]["path"])
+        self.commits.append({"summary": header["summary"], "files": written})
+        oid = self.last_oid = hashlib.sha1(json.dumps(self.commits).encode()).hexdigest()
+        return JSONResponse({"commitUrl": f"{self.endpoint}/datasets/{root.parent.name}/{root.name}/commit/{oid}",
+                             "commitOid": oid, "success": True})
