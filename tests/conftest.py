@@ -82,3 +82,59 @@ def cli(*args: str, check: bool = True, env: dict[str, str] | None = None, timeo
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Qwen3 (2 layers, hidden 64, tied embeddings) with the tiny tokenizer, saved
+    with `save_pretrained` and loadable with the Auto classes."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=4096, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny_qwen3")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def longblocks_parquet(path: Path, n_rows: int, seed: int = 0, words: int = 60) -> Path:
+    """A parquet file with exactly the columns of `utter-project/LongBlocks`, holding a learnable
+    task: the answer is the value the document gives for the key in the question."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_rows):
+        facts = {f"key{rng.randint(0, 99)}": rng.choice(WORDS) for _ in range(4)}
+        key = rng.choice(sorted(facts))
+        document = random_text(rng, words) + " " + " ".join(f"{k} is {v}." for k, v in facts.items())
+        rows.append({"id": f"r{i}", "document": document, "source": "synthetic", "language": "en",
+                     "question": f"What is {key}?", "answer": facts[key],
+                     "response_Qwen3-Next-80B-A3B": facts[key], "response_Qwen3.5-27B": facts[key],
+                     "response_Nemotron-3-Nano-30B-A3B": facts[key]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def chat_parquet(path: Path, n_rows: int, seed: int = 1) -> Path:
+    """Short chat data with a `messages` column (as Nemotron-Post-Training-Dataset-v2 has)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = random.Random(seed)
+    rows = [{"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Say " + rng.choice(WORDS)},
+                          {"role": "assistant", "content": rng.choice(WORDS)}]} for _ in range(n_rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path

@@ -4,6 +4,9 @@ Must not hold training logic; each command calls one recipe of the package.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 from rich.console import Console
 
@@ -22,9 +25,27 @@ def _not_yet(name: str) -> None:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sft() -> None:
-    """Supervised cold start (SFT) on a token-level short/long mixture. Not implemented yet."""
-    _not_yet("sft")
+def sft(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML run configuration.")] = None,
+) -> None:
+    """Supervised cold start on a token-level short/long mixture (default 10/90 by tokens).
+
+    Overrides follow the config: `--optim.lr=3e-5 --data.max_seq_len=32768 --run.out=runs/x`.
+    Runs in one process, or with FSDP2 under `torchrun --nproc-per-node N`. Re-running the same
+    command resumes from the latest checkpoint in run.out.
+    """
+    from trainer.config import ConfigError, SFTConfig, load_config
+    from trainer.sft import train
+
+    try:
+        cfg = load_config(SFTConfig, config, list(ctx.args))
+        if not cfg.model.path:
+            raise ConfigError("model.path is required (a local folder or Hub id)")
+        train(cfg)
+    except ConfigError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

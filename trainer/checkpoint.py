@@ -1,0 +1,98 @@
+"""Checkpoints that resume exactly (model, optimizer, scheduler, RNG of every rank, data position)
+with torch.distributed.checkpoint (sharded under FSDP2, plain in one process), and export as a
+`save_pretrained` folder that transformers, vLLM and lm-evaluation-harness load.
+Must not decide when to save: the recipes do.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+
+COMPLETE = "COMPLETE"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+         trainer_state: dict[str, Any]) -> Path:
+    """Write `directory` (model/optimizer via DCP, scheduler, per-rank RNG, trainer state); a
+    checkpoint counts only once its COMPLETE marker exists."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory / "dcp"))
+    torch.save(rng_state(), directory / f"rng-rank{_rank()}.pt")
+    if dist.is_initialized():
+        dist.barrier()
+    if _rank() == 0:
+        torch.save(scheduler.state_dict(), directory / "scheduler.pt")
+        (directory / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+        (directory / COMPLETE).write_text("")
+    if dist.is_initialized():
+        dist.barrier()
+    return directory
+
+
+def latest(root: Path) -> Path | None:
+    done = [p for p in root.glob("step-*") if (p / COMPLETE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def load(directory: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(directory / "dcp"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
+    set_rng_state(torch.load(directory / f"rng-rank{_rank()}.pt", weights_only=False))
+    return json.loads((directory / "trainer_state.json").read_text())
+
+
+def prune(root: Path, keep: int) -> None:
+    done = sorted((p for p in root.glob("step-*") if (p / COMPLETE).exists()), key=lambda p: int(p.name.split("-")[1]))
+    if _rank() == 0:
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def export_pretrained(causal_lm: torch.nn.Module, tokenizer: Any, directory: Path) -> Path:
+    """A `save_pretrained` folder (full weights gathered from every shard) plus the tokenizer."""
+    full = get_model_state_dict(causal_lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if _rank() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        causal_lm.save_pretrained(directory, state_dict=full)
+        tokenizer.save_pretrained(directory)
+    if dist.is_initialized():
+        dist.barrier()
+    return directory

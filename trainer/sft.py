@@ -1,0 +1,134 @@
+"""`dgrpo-train sft`: the supervised cold start on a token-level short/long mixture. Reads top to
+bottom: setup, loop, checkpoint, export. Must not hold component logic (data, kernels,
+checkpointing live in their own modules).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from trainer import checkpoint, distributed
+from trainer.config import SFTConfig, to_dict
+from trainer.data import IGNORE, MixtureState, SFTData
+from trainer.metrics import MetricsLogger
+from trainer.model import FusedLogprobLM, load_causal_lm, load_tokenizer
+
+console = Console(stderr=True)
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to `min_ratio` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: SFTConfig) -> dict[str, Any]:
+    # -- setup ----------------------------------------------------------------------------------
+    rank, world, device = distributed.init()
+    seed_everything(cfg.run.seed)
+    out = Path(cfg.run.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        console.print_json(json.dumps(to_dict(cfg)))
+    tokenizer = load_tokenizer(cfg.model)
+    causal_lm = load_causal_lm(cfg.model, device)
+    model = FusedLogprobLM(causal_lm)
+    if world > 1:
+        distributed.shard(model, causal_lm.get_decoder().layers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
+        s, warmup=cfg.optim.warmup_steps, total=cfg.optim.steps, min_ratio=cfg.optim.min_lr_ratio))
+    data = SFTData(cfg.data, tokenizer)
+    step = 0
+    ckpt_root = out / "checkpoints"
+    if (last := checkpoint.latest(ckpt_root)) is not None:
+        state = checkpoint.load(last, model=model, optimizer=optimizer, scheduler=scheduler)
+        step = state["step"]
+        data.state = MixtureState(**{**state["data"], "pending": tuple(state["data"]["pending"])
+                                      if state["data"]["pending"] else None})
+        if rank == 0:
+            console.print(f"resumed from {last} (step {step})")
+    metrics = MetricsLogger(out, enabled=rank == 0, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb,
+                            project=cfg.run.wandb_project, config=to_dict(cfg))
+    metrics.truncate_after(step)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    batches = data.micro_batches(cfg.optim.tokens_per_step, cfg.optim.packs_multiple_of or world)
+    losses: list[float] = []
+
+    # -- loop -----------------------------------------------------------------------------------
+    progress = Progress(TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                        TimeRemainingColumn(), console=console, disable=rank != 0)
+    with progress:
+        task = progress.add_task("sft", total=cfg.optim.steps, completed=step, stats="")
+        while step < cfg.optim.steps:
+            started = time.perf_counter()
+            packs = next(batches)
+            trained = sum(sum(label != IGNORE for label in p["labels"][1:]) for p in packs)
+            local_nll = torch.zeros((), device=device)
+            model.train()
+            for pack in packs[rank::world]:
+                ids = torch.tensor([pack["input_ids"]], device=device)
+                positions = torch.tensor([pack["position_ids"]], device=device)
+                mask = torch.tensor([pack["labels"][1:]], device=device) != IGNORE
+                with autocast:
+                    logprobs = model(ids, positions, mask=mask)
+                nll = -logprobs.sum()
+                # Sum over every token of the global step / its trained tokens; FSDP averages the
+                # ranks' gradients, hence the factor `world`.
+                (nll * world / max(trained, 1)).backward()
+                local_nll += nll.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss = (distributed.all_reduce_sum(local_nll) / max(trained, 1)).item()
+            losses.append(loss)
+            seq_tokens = sum(len(p["input_ids"]) for p in packs)
+            elapsed = time.perf_counter() - started
+            record = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                      "tokens": seq_tokens, "trained_tokens": trained, "tokens_per_s": seq_tokens / elapsed,
+                      "short_fraction": data.realized_short_fraction(), "dropped_overlong": data.state.dropped_overlong,
+                      "truncated": data.state.truncated}
+            if step % cfg.run.log_every == 0 or step == cfg.optim.steps:
+                metrics.log(step, record)
+            progress.update(task, completed=step, stats=f"loss {loss:.4f}  {seq_tokens / elapsed:,.0f} tok/s")
+
+            # -- checkpoint ---------------------------------------------------------------------
+            if step % cfg.run.save_every == 0 or step == cfg.optim.steps:
+                state = {"step": step, "data": data.state.__dict__}
+                checkpoint.save(ckpt_root / f"step-{step}", model=model, optimizer=optimizer, scheduler=scheduler,
+                                trainer_state=state)
+                checkpoint.prune(ckpt_root, keep=2)
+
+    # -- export ---------------------------------------------------------------------------------
+    final = checkpoint.export_pretrained(causal_lm, tokenizer, out / "final")
+    plot = metrics.close(("loss", "lr", "grad_norm"))
+    summary = {"steps": step, "losses": losses, "short_fraction": data.realized_short_fraction(),
+               "dropped_overlong": data.state.dropped_overlong, "truncated": data.state.truncated,
+               "export": str(final), "plot": str(plot) if plot else None}
+    if rank == 0:
+        console.print(f"[green]sft done[/]: {step} steps, realized short fraction {summary['short_fraction']:.3f}, "
+                      f"dropped over-long {summary['dropped_overlong']}, truncated {summary['truncated']} -> {final}")
+    distributed.shutdown()
+    return summary
