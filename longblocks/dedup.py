@@ -24,6 +24,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA, REJECTION_SCHEMA
+from longblocks.sources import is_code
 from longblocks.store import (
     Outcome,
     Rejection,
@@ -40,8 +41,6 @@ SHINGLE_HASHING = (
     "64-bit polynomial over xxh3-64 hashes of the n consecutive tokens (exact-Jaccard sets), "
     "xor-folded to 32 bits as datasketch update_batch inputs"
 )
-CODE_LANGUAGES = {"python", "c", "cpp", "csharp", "go", "java", "javascript", "typescript", "php", "ruby",
-                  "rust", "sql", "shell", "swift", "kotlin", "scala"}
 
 DEDUP_REJECTION_SCHEMA = pa.schema(
     list(REJECTION_SCHEMA)
@@ -126,10 +125,6 @@ def _fold32(hashes: np.ndarray) -> np.ndarray:
 
 def _identity(value: Any) -> Any:
     return value
-
-
-def is_code(doc: dict[str, Any]) -> bool:
-    return doc.get("language") in CODE_LANGUAGES or doc.get("source") == "stack-edu"
 
 
 def sketch(doc: dict[str, Any], cfg: DedupConfig) -> dict[str, Any]:

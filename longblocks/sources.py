@@ -44,6 +44,12 @@ CODE_EXTENSIONS = {
     ".rs": "rust", ".sql": "sql", ".sh": "shell", ".swift": "swift", ".kt": "kotlin", ".scala": "scala",
 }
 TABLE_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+CODE_LANGUAGES = frozenset(CODE_EXTENSIONS.values())
+
+
+def is_code(doc: dict[str, Any]) -> bool:
+    """Source files get code-aware treatment (heuristics, shingling) instead of prose rules."""
+    return doc.get("language") in CODE_LANGUAGES or doc.get("source") == "stack-edu"
 
 
 @dataclass(frozen=True)

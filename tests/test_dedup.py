@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dedup_corpus import planted_corpus
+from openai_double import _free_port
 from longblocks.dedup import DedupConfig, dedup, jaccard, normalize_text, shingle_hashes
 from longblocks.records import DOCUMENT_SCHEMA, make_document
 
@@ -122,12 +122,6 @@ def test_code_shingling_keeps_punctuation(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), tmp_path / "in.parquet")
     manifest = dedup(tmp_path / "in.parquet", tmp_path / "out", DedupConfig())
     assert manifest["outputs"]["kept"] == 2  # without punctuation these would be near-identical
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
