@@ -31,6 +31,8 @@ MODES = {
     "thinking": lambda n: ("<think>Let me plan the questions... Question: fake?\nAnswer: fake</think>\n" + GOOD, "stop"),
     "overthinking": lambda n: ("<think>I keep thinking and never stop", "length"),
     "german": lambda n: ("Frage: Wie hängen Anfang und Ende zusammen?\nAntwort: Durch das zentrale Motiv.", "stop"),
+    "score7": lambda n: ("The answer names the right value.\nScore: 7", "stop"),
+    "noscore": lambda n: ("It looks fine to me.", "stop"),
     "referential": lambda n: ("Question: What does the text above say about X?\nAnswer: Something.", "stop"),
 }
 _MARKER = re.compile(r"\[\[mode:([a-z0-9_]+)\]\]")
@@ -47,25 +49,23 @@ def judge_reply(prompt: str) -> str:
     return "\n\n".join(blocks)
 
 
-class ScriptedServer:
-    """Counts requests per mode; `fail_first[mode] = (k, status)` fails the first k requests of a mode."""
+class LocalServer:
+    """A starlette app served by uvicorn on 127.0.0.1 in a daemon thread, as a context manager."""
 
-    def __init__(self, *, delay: float = 0.0, slow_first: float = 0.0) -> None:
-        self.requests: Counter[str] = Counter()
-        self.prompts: list[str] = []
-        self.fail_first: dict[str, tuple[int, int]] = {"rate_limited": (2, 429), "flaky": (1, 500), "broken": (10**6, 500)}
-        self.delay, self.slow_first = delay, slow_first
+    def serve(self, app: Starlette) -> None:
         self.port = _free_port()
-        app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                                Route("/v1/models", self.models)])
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ScriptedServer:
+    @property
+    def base_url(self) -> str:
+        return f"{self.endpoint}/v1"
+
+    def __enter__(self):  # noqa: ANN204 - returns the subclass
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started and time.monotonic() < deadline:
@@ -75,6 +75,18 @@ class ScriptedServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class ScriptedServer(LocalServer):
+    """Counts requests per mode; `fail_first[mode] = (k, status)` fails the first k requests of a mode."""
+
+    def __init__(self, *, delay: float = 0.0, slow_first: float = 0.0) -> None:
+        self.requests: Counter[str] = Counter()
+        self.prompts: list[str] = []
+        self.fail_first: dict[str, tuple[int, int]] = {"rate_limited": (2, 429), "flaky": (1, 500), "broken": (10**6, 500)}
+        self.delay, self.slow_first = delay, slow_first
+        self.serve(Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                                     Route("/v1/models", self.models)]))
 
     async def models(self, request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})

@@ -59,10 +59,11 @@ def test_unknown_source_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_trainer_stubs_say_not_implemented() -> None:
-    result = cli("dgrpo-train", "rl", check=False)
+    result = cli("dgrpo-train", "eval", check=False)
     assert result.returncode == 1 and "not implemented" in result.stderr
 
 
-def test_sft_without_a_model_is_a_one_line_error() -> None:
-    result = cli("dgrpo-train", "sft", check=False)
-    assert result.returncode == 2 and "model.path is required" in result.stderr and "Traceback" not in result.stderr
+def test_sft_and_rl_without_a_model_are_one_line_errors() -> None:
+    for command in ("sft", "rl"):
+        result = cli("dgrpo-train", command, check=False)
+        assert result.returncode == 2 and "model.path is required" in result.stderr and "Traceback" not in result.stderr

@@ -56,9 +56,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     max_grad_norm: float = 1.0
+    steps: int = 100
+
+
+@dataclasses.dataclass
+class SFTOptimConfig(OptimConfig):
     tokens_per_step: int = 65536  # gradient accumulation by token budget (sequence tokens)
     packs_multiple_of: int = 0  # sequences per step rounded to this multiple (0: the world size)
-    steps: int = 100
 
 
 @dataclasses.dataclass
@@ -76,8 +80,106 @@ class RunConfig:
 class SFTConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    optim: SFTOptimConfig = dataclasses.field(default_factory=SFTOptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+# -- dGRPO ---------------------------------------------------------------------------------------
+ESTIMATORS = ("full", "topk", "k1", "k2", "k3")  # full/topk: exact per-token KL from the kernels
+COMBINES = ("loss", "advantage")
+AGGREGATIONS = ("seq-mean", "token-mean", "seq-sum-norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    beta: float = 0.0  # weight of KL(pi_theta || pi_teacher); 0 is GRPO
+    eps_low: float = 0.2
+    eps_high: float = 0.2  # > eps_low is DAPO's clip-higher
+    estimator: str = "full"  # full | topk | k1 | k2 | k3
+    combine: str = "loss"  # loss (the paper) | advantage (A_it - beta * KL_it)
+    aggregation: str = "seq-mean"  # seq-mean (as written) | token-mean | seq-sum-norm
+    norm_constant: float = 1.0  # seq-sum-norm: each sequence's sum is divided by this (e.g. max length)
+    scale_std: bool = True  # divide group-centred rewards by the group's std
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("estimator", self.estimator, ESTIMATORS), ("combine", self.combine, COMBINES),
+                                     ("aggregation", self.aggregation, AGGREGATIONS)):
+            if value not in allowed:
+                raise ConfigError(f"objective.{name} must be one of {allowed}, got {value!r}")
+        if self.eps_low < 0 or self.eps_high < 0 or self.beta < 0 or self.norm_constant <= 0:
+            raise ConfigError("objective: eps_low, eps_high and beta must be >= 0, norm_constant > 0")
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    source: str = "none"  # none | local | served | precomputed
+    path: str = ""  # local: model folder or Hub id (same vocabulary as the student)
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    base_url: str = ""  # served: e.g. http://127.0.0.1:8000/v1
+    model: str = ""  # served: the model name the server knows
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key (the key itself is never in a config)
+    protocol: str = "prompt_logprobs"  # served: prompt_logprobs (vLLM) | echo (completions echo + logprobs)
+    concurrency: int = 16
+    timeout: float = 600.0
+    max_retries: int = 6
+    top_k: int = 20  # teacher log-probs kept per token for the topk estimator
+    kl_temperature: float = 1.0  # both distributions in the KL term
+    direction: str = "reverse"  # reverse: KL(student || teacher), the paper; forward: KL(teacher || student)
+
+
+@dataclasses.dataclass
+class RolloutConfig:
+    engine: str = "hf"  # hf (transformers generate, any device) | vllm (colocated vllm.LLM)
+    prompts_per_step: int = 8
+    group_size: int = 8  # G completions per prompt
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    old_logprobs: str = "recompute"  # recompute (training forward before the update) | behaviour (engine's)
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_max_model_len: int = 0  # 0: the model's
+    save: bool = True  # write each step's rollouts to run.out/rollouts/ (replayable)
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    name: str = "exact_match"  # exact_match | token_f1 | string_match_all | string_match_part | judge | a label
+    weight: float = 1.0
+    callable: str | None = None  # dotted path to fn(completion, reference, row) -> float
+    judge_model: str = ""
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_max_retries: int = 6
+
+
+@dataclasses.dataclass
+class RLDataConfig:
+    prompts: list[DataSource] = dataclasses.field(default_factory=list)
+    replay: str = ""  # parquet of stored rollouts (run.out/rollouts/*.parquet) to train on instead of sampling
+    max_prompt_len: int = 8192
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class RLOptimConfig(OptimConfig):
+    lr: float = 1e-6
+    warmup_steps: int = 0
+    policy_epochs: int = 1  # passes over each step's rollouts (>1: rho moves away from 1 and clipping acts)
+    micro_batch_rollouts: int = 8  # rollouts packed into one forward/backward
+
+
+@dataclasses.dataclass
+class RLConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    data: RLDataConfig = dataclasses.field(default_factory=RLDataConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    rewards: list[RewardConfig] = dataclasses.field(default_factory=lambda: [RewardConfig()])
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    optim: RLOptimConfig = dataclasses.field(default_factory=RLOptimConfig)
+    run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out="runs/rl", save_every=20))
 
 
 def _build(cls: type[T], values: Any, where: str) -> T:

@@ -26,6 +26,11 @@ def init() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def world_size() -> int:
+    """The world size before or after `init` (WORLD_SIZE under torchrun)."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
 def shard(model: nn.Module, decoder_layers: nn.ModuleList) -> nn.Module:
     """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head)."""
     from torch.distributed.fsdp import fully_shard
@@ -50,3 +55,4 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+

@@ -5,6 +5,7 @@ so no code path builds the tokens x vocab logits. Must not hold any loss.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,6 +13,8 @@ from torch import nn
 
 from trainer.config import ModelConfig
 from trainer.kernels import token_logprobs
+
+KLFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -61,15 +64,24 @@ class FusedLogprobLM(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, *, temperature: float = 1.0,
-        mask: torch.Tensor | None = None, return_entropy: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        mask: torch.Tensor | None = None, return_entropy: bool = False, kl_fn: KLFn | None = None,
+        generate: dict[str, Any] | None = None,
+    ) -> Any:
+        """log p(next token) [B, T-1]; with `return_entropy` also the entropy; with `kl_fn` the
+        tuple (logprobs, entropy, kl), kl = kl_fn(hidden [N, H], head weight, mask [N]) [N] (the
+        teacher term, computed from the same hidden states inside this forward, where FSDP2 has
+        the head unsharded). `generate=kwargs` runs `generate(**kwargs)` of the wrapped model
+        instead: under FSDP2 the root's parameters are gathered only around the root's forward."""
+        if generate is not None:
+            return self.lm.generate(**generate)
         hidden = self.hidden_states(input_ids, position_ids)[:, :-1]
         targets = input_ids[:, 1:]
         weight = self.lm.get_output_embeddings().weight
+        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
         flat_mask = None if mask is None else mask.reshape(-1)
-        result = token_logprobs(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                temperature=temperature, mask=flat_mask, return_entropy=return_entropy)
-        if return_entropy:
-            logprobs, entropy = result
-            return logprobs.view(targets.shape), entropy.view(targets.shape)
-        return result.view(targets.shape)
+        logprobs, entropy = token_logprobs(flat_hidden, weight, targets.reshape(-1), temperature=temperature,
+                                           mask=flat_mask, return_entropy=True)
+        logprobs, entropy = logprobs.view(targets.shape), entropy.view(targets.shape)
+        if kl_fn is not None:
+            return logprobs, entropy, kl_fn(flat_hidden, weight, flat_mask).view(targets.shape)
+        return (logprobs, entropy) if return_entropy else logprobs

@@ -5,59 +5,27 @@ checkpointing live in their own modules).
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from trainer import checkpoint, distributed
-from trainer.config import SFTConfig, to_dict
+from trainer.config import SFTConfig
 from trainer.data import IGNORE, MixtureState, SFTData
-from trainer.metrics import MetricsLogger
-from trainer.model import FusedLogprobLM, load_causal_lm, load_tokenizer
+from trainer.recipe import autocast as bf16_autocast
+from trainer.recipe import open_metrics, setup
 
 console = Console(stderr=True)
 
 
-def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, then cosine decay to `min_ratio` at `total` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def train(cfg: SFTConfig) -> dict[str, Any]:
     # -- setup ----------------------------------------------------------------------------------
-    rank, world, device = distributed.init()
-    seed_everything(cfg.run.seed)
-    out = Path(cfg.run.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-        console.print_json(json.dumps(to_dict(cfg)))
-    tokenizer = load_tokenizer(cfg.model)
-    causal_lm = load_causal_lm(cfg.model, device)
-    model = FusedLogprobLM(causal_lm)
-    if world > 1:
-        distributed.shard(model, causal_lm.get_decoder().layers)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
-        s, warmup=cfg.optim.warmup_steps, total=cfg.optim.steps, min_ratio=cfg.optim.min_lr_ratio))
+    run = setup(cfg, optimizer_steps=cfg.optim.steps)
+    rank, world, device, out = run.rank, run.world, run.device, run.out
+    tokenizer, causal_lm, model, optimizer, scheduler = run.tokenizer, run.causal_lm, run.model, run.optimizer, run.scheduler
     data = SFTData(cfg.data, tokenizer)
     step = 0
     ckpt_root = out / "checkpoints"
@@ -68,10 +36,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                                       if state["data"]["pending"] else None})
         if rank == 0:
             console.print(f"resumed from {last} (step {step})")
-    metrics = MetricsLogger(out, enabled=rank == 0, tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb,
-                            project=cfg.run.wandb_project, config=to_dict(cfg))
-    metrics.truncate_after(step)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    metrics = open_metrics(cfg, rank, step)
+    autocast = bf16_autocast(device)
     batches = data.micro_batches(cfg.optim.tokens_per_step, cfg.optim.packs_multiple_of or world)
     losses: list[float] = []
 

@@ -8,25 +8,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from openai_double import _free_port
+from openai_double import LocalServer
 
 
 def git_blob_sha(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-class HubDouble:
+class HubDouble(LocalServer):
     def __init__(self, storage: Path, *, fail_first_commit: int = 1) -> None:
         self.storage = storage
         self.repos: dict[str, dict[str, Any]] = {}
@@ -36,7 +33,6 @@ class HubDouble:
         self.validated: list[str] = []
         self.last_oid = "0" * 40
         self.fail_first_commit = fail_first_commit
-        self.port = _free_port()
         app = Starlette(routes=[
             Route("/api/repos/create", self.create, methods=["POST"]),
             Route("/api/datasets/{org}/{name}/preupload/{revision}", self.preupload, methods=["POST"]),
@@ -45,22 +41,7 @@ class HubDouble:
             Route("/api/datasets/{org}/{name}/revision/{revision}", self.info, methods=["GET"]),
         ])
         app.add_route("/{path:path}", self.unknown, methods=["GET", "POST", "PUT", "HEAD"])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> HubDouble:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.serve(app)
 
     def _seen(self, request: Request) -> None:
         self.requests.append((request.method, request.url.path))

