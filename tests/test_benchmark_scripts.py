@@ -21,3 +21,10 @@ def test_dedup_benchmark_runs_on_a_few_documents() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dedup.py"), "--docs", "4", "--words", "500"],
                             capture_output=True, text=True, timeout=300, check=True)
     assert "x plain" in result.stdout and result.stdout.count("| longblocks") == 2
+
+
+def test_dgrpo_step_benchmark_runs_in_smoke_mode() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dgrpo_step.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=600, check=True)
+    rows = [l for l in result.stdout.splitlines() if l.startswith("| 128 |")]
+    assert len(rows) == 1 and "skipped" in rows[0]

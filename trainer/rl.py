@@ -271,8 +271,11 @@ def train(cfg: RLConfig) -> dict[str, Any]:
                 "rollout/tokens_per_s": completion_tokens / max(rollout_seconds, 1e-9),
                 "train/tokens_per_s": _sum(sum(int(mb.input_ids.numel()) for mb in batches), device) * epochs
                 / max(train_seconds, 1e-9),
-                "teacher/seconds": teacher_seconds,
+                "rollout/seconds": rollout_seconds, "teacher/seconds": teacher_seconds, "train/seconds": train_seconds,
             })
+            if device.type == "cuda":
+                record["memory/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                torch.cuda.reset_peak_memory_stats(device)
             if rank == 0 and scored.errors:
                 console.print(f"[yellow]step {step}: reward failures[/] (rollouts excluded): {scored.errors[0]}")
             history.append(record)
