@@ -19,11 +19,6 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _not_yet(name: str) -> None:
-    console.print(f"[yellow]dgrpo-train {name}[/] is not implemented yet in this release.")
-    raise typer.Exit(1)
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sft(
     ctx: typer.Context,
@@ -73,10 +68,35 @@ def rl(
         raise typer.Exit(2) from None
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval() -> None:  # noqa: A001 - the command is named eval
-    """RULER-style long-context evaluation. Not implemented yet."""
-    _not_yet("eval")
+@app.command()
+def eval(  # noqa: A001 - the command is named eval
+    model: Annotated[str, typer.Option("--model", help="A save_pretrained folder (e.g. run.out/final) or Hub id.")],
+    tasks: Annotated[str, typer.Option(help="ruler (all RULER tasks + short sanity tasks; + qa with --qa-data) "
+                                            "or a comma list, e.g. niah_multikey,vt,qa.")] = "ruler",
+    lengths: Annotated[str, typer.Option(help="Prompt lengths in the model's own tokens.")] = "4096,8192,16384",
+    samples: Annotated[int, typer.Option(help="Samples per task and length.")] = 20,
+    engine: Annotated[str, typer.Option(help="hf (transformers generate) or vllm.")] = "hf",
+    out: Annotated[Path, typer.Option(help="Writes results.json, samples.jsonl, scores.png here.")] = Path("runs/eval"),
+    seed: Annotated[int, typer.Option(help="Seeds every generated sample.")] = 0,
+    haystack: Annotated[str, typer.Option(help="noise (RULER's filler) or local:PATH (words of .txt/.md files).")] = "noise",
+    qa_data: Annotated[str, typer.Option(help="Parquet with document/question/answer for the qa task.")] = "",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp32.")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help="Run the model repository's own code.")] = False,
+) -> None:
+    """RULER-style long-context evaluation: needle variants, variable tracking, common/frequent word
+    extraction, QA over documents, and short sanity tasks, generated offline at each length and
+    scored like RULER (string match), with greedy decoding.
+    """
+    from trainer.config import ConfigError
+    from trainer.eval.run import EvalConfig, evaluate
+
+    try:
+        evaluate(EvalConfig(model=model, tasks=tasks, lengths=lengths, samples=samples, engine=engine, out=str(out),
+                            seed=seed, haystack=haystack, qa_data=qa_data, dtype=dtype,
+                            trust_remote_code=trust_remote_code))
+    except (ConfigError, ValueError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

@@ -75,9 +75,12 @@ class HFEngine:
                 ids = torch.tensor([prompt] * s.group_size, device=device)
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                     torch.manual_seed(seed)
+                    # temperature 0 is greedy decoding (evaluation)
+                    sample = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k} \
+                        if s.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
                     out = self.generate_fn(
-                        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=s.temperature,
-                        top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens, use_cache=True,
+                        input_ids=ids, attention_mask=torch.ones_like(ids), **sample,
+                        max_new_tokens=s.max_new_tokens, use_cache=True,
                         eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id
                         if self.tokenizer.pad_token_id is not None else sorted(self.eos_ids)[0],
                         return_dict_in_generate=True, output_scores=True, synced_gpus=self.synced_gpus,

@@ -1,0 +1,99 @@
+"""`dgrpo-train eval`: every task generator hits the requested length in the model's tokens, an
+oracle scores 1 and a wrong answer 0, and the command writes its table, JSON and plot for a tiny
+model and for a checkpoint exported by the trainer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, longblocks_parquet, random_text
+from trainer.eval.tasks import RULER, SHORT, Haystack, document_qa, generate
+from trainer.rewards import BUILTIN
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def qa_rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(longblocks_parquet(tmp_path_factory.mktemp("qa") / "qa.parquet", 12)).to_pylist()
+
+
+@pytest.mark.parametrize("length", [512, 2048])
+def test_every_task_hits_the_requested_length(tokenizer, qa_rows: list[dict], length: int) -> None:
+    tasks = {**RULER, "qa": document_qa(qa_rows)}
+    for name, builder in tasks.items():
+        for sample in generate(name, builder, tokenizer, length, 2, seed=1):
+            assert 0.98 * length <= sample.tokens <= length, (name, sample.tokens)
+
+
+def test_local_documents_as_haystack(tokenizer, tmp_path: Path) -> None:
+    import random
+
+    for i in range(3):
+        (tmp_path / f"doc{i}.txt").write_text(random_text(random.Random(i), 300))
+    [sample] = generate("niah_multikey", RULER["niah_multikey"], tokenizer, 1024, 1, haystack=Haystack(f"local:{tmp_path}"))
+    assert 0.98 * 1024 <= sample.tokens <= 1024 and "grass is green" not in sample.prompt
+
+
+def test_oracle_scores_one_and_a_wrong_answer_zero(tokenizer, qa_rows: list[dict]) -> None:
+    tasks = {**RULER, **SHORT, "qa": document_qa(qa_rows)}
+    for name, builder in tasks.items():
+        for sample in generate(name, builder, tokenizer, 1024, 3, seed=2):
+            score = BUILTIN[sample.metric]
+            assert score(" ".join(sample.references), sample.references, {}) == 1.0, name
+            assert score("zzz", sample.references, {}) == 0.0, name
+            assert all(ref in sample.prompt for ref in sample.references) or name in SHORT or name == "vt", name
+
+
+def test_samples_are_seeded(tokenizer) -> None:
+    a = generate("vt", RULER["vt"], tokenizer, 512, 2, seed=5)
+    b = generate("vt", RULER["vt"], tokenizer, 512, 2, seed=5)
+    c = generate("vt", RULER["vt"], tokenizer, 512, 2, seed=6)
+    assert [s.prompt for s in a] == [s.prompt for s in b] != [s.prompt for s in c]
+
+
+def test_eval_command_writes_table_json_and_plot(tiny_model_dir: Path, tmp_path: Path) -> None:
+    qa = longblocks_parquet(tmp_path / "qa.parquet", 6)
+    result = cli("dgrpo-train", "eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_numbers,vt,qa,short_recall",
+                 "--lengths", "256,512", "--samples", "2", "--out", str(tmp_path / "eval"), "--qa-data", str(qa))
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results["scores"]) == {"niah_single_numbers", "vt", "qa", "short_recall"}
+    assert set(results["scores"]["vt"]) == {"256", "512"} and set(results["scores"]["short_recall"]) == {"0"}
+    assert all(0.0 <= v <= 1.0 for by_len in results["scores"].values() for v in by_len.values())
+    assert (tmp_path / "eval" / "scores.png").stat().st_size > 0
+    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 2 * 2 * 3 + 2
+    assert "niah_single_numbers" in result.stdout and "average" in result.stdout
+
+
+def test_a_trainer_export_is_evaluated_and_loads_like_lm_eval_hf(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The exported folder is what lm-evaluation-harness's `hf` model type loads
+    (`AutoModelForCausalLM` + `AutoTokenizer` from one path, chat template included)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = longblocks_parquet(tmp_path / "lb.parquet", 20)
+    cli("dgrpo-train", "sft", f"--model.path={tiny_model_dir}", f"--data.long=[{{path='{data}'}}]", "--data.max_seq_len=512",
+        "--optim.steps=2", "--optim.tokens_per_step=512", f"--run.out={tmp_path / 'sft'}", "--run.tensorboard=false",
+        "--model.gradient_checkpointing=false")
+    final = tmp_path / "sft" / "final"
+    AutoModelForCausalLM.from_pretrained(final)
+    assert AutoTokenizer.from_pretrained(final).chat_template
+    cli("dgrpo-train", "eval", "--model", str(final), "--tasks", "niah_single_words", "--lengths", "256", "--samples", "2",
+        "--out", str(tmp_path / "eval"))
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["model"] == str(final)
+
+
+def test_eval_errors_are_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    for args, message in ((["--tasks", "nope"], "unknown task"), (["--tasks", "qa"], "needs --qa-data"),
+                          (["--lengths", "4k"], "comma-separated integers"), (["--haystack", "web"], "haystack must be")):
+        result = cli("dgrpo-train", "eval", "--model", str(tiny_model_dir), *args, "--out", str(tmp_path), check=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

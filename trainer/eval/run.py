@@ -1,0 +1,177 @@
+"""Evaluate a model on the suite: build the samples (lengths in the model's own tokens), generate
+greedily with the `hf` or `vllm` engine, score with the reward functions, and write a table per
+task and length (terminal), `results.json`, per-sample `samples.jsonl` and `scores.png`.
+Must not train.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from trainer.config import ConfigError, ModelConfig, RolloutConfig
+from trainer.eval.tasks import RULER, SHORT, Builder, Haystack, Sample, document_qa, generate
+from trainer.rewards import BUILTIN
+
+console = Console(stderr=True)
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    tasks: str = "ruler"  # ruler (every RULER task + short sanity tasks), or a comma list of task names
+    lengths: str = "4096,8192,16384"
+    samples: int = 20  # per task and length
+    engine: str = "hf"
+    out: str = "runs/eval"
+    seed: int = 0
+    haystack: str = "noise"  # noise | local:PATH
+    qa_data: str = ""  # parquet with document/question/answer (our shards, LongBlocks) for the qa task
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+
+def select_tasks(cfg: EvalConfig) -> dict[str, Builder]:
+    tasks: dict[str, Builder] = {}
+    qa_rows: list[dict[str, Any]] = []
+    if cfg.qa_data:
+        from trainer.config import DataSource
+        from trainer.data import load_rows
+
+        qa_rows = [dict(r) for r in load_rows(DataSource(path=cfg.qa_data)).select_columns(["document", "question", "answer"])]
+    for name in cfg.tasks.split(","):
+        name = name.strip()
+        if name == "ruler":
+            tasks.update(RULER)
+            tasks.update(SHORT)
+            if qa_rows:
+                tasks["qa"] = document_qa(qa_rows)
+        elif name in RULER or name in SHORT:
+            tasks[name] = {**RULER, **SHORT}[name]
+        elif name == "qa":
+            if not qa_rows:
+                raise ConfigError("task qa needs --qa-data (parquet with document, question, answer)")
+            tasks["qa"] = document_qa(qa_rows)
+        else:
+            raise ConfigError(f"unknown task {name!r}; known: ruler, qa, {', '.join([*RULER, *SHORT])}")
+    return tasks
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    from trainer.model import load_causal_lm, load_tokenizer
+    from trainer.rollout import HFEngine, VLLMEngine
+
+    try:
+        lengths = sorted({int(x) for x in cfg.lengths.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--lengths must be comma-separated integers, got {cfg.lengths!r}") from None
+    tasks = select_tasks(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_cfg = ModelConfig(path=cfg.model, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                            gradient_checkpointing=False)
+    tokenizer = load_tokenizer(model_cfg)
+    haystack = Haystack(cfg.haystack)
+    samples: list[Sample] = []
+    with console.status("building prompts"):
+        for name, builder in tasks.items():
+            for length in ([0] if name in SHORT else lengths):
+                samples += generate(name, builder, tokenizer, length, cfg.samples, seed=cfg.seed, haystack=haystack)
+    max_new = max(s.max_new_tokens for s in samples)
+    sampling = RolloutConfig(group_size=1, max_new_tokens=max_new, temperature=0.0)
+    if cfg.engine == "hf":
+        lm = load_causal_lm(model_cfg, device).eval()
+        engine: HFEngine | VLLMEngine = HFEngine(lm, tokenizer, sampling)
+    elif cfg.engine == "vllm":
+        engine = VLLMEngine(cfg.model, tokenizer, sampling, dtype=cfg.dtype, gpu_memory_utilization=0.85,
+                            seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
+    else:
+        raise ConfigError(f"--engine must be hf or vllm, got {cfg.engine!r}")
+
+    records = []
+    started = time.perf_counter()
+    progress = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+    with progress:
+        bar = progress.add_task("eval", total=len(samples))
+        for sample in samples:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": sample.prompt}], tokenize=True,
+                                                add_generation_prompt=True)
+            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+            engine.sampling.max_new_tokens = sample.max_new_tokens
+            [[rollout]] = engine.generate([ids], [cfg.seed])
+            text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
+            score = BUILTIN[sample.metric](text, sample.references, {})
+            records.append({**{k: v for k, v in asdict(sample).items() if k != "prompt"}, "completion": text, "score": score})
+            progress.advance(bar)
+    return write_results(cfg, records, time.perf_counter() - started)
+
+
+def write_results(cfg: EvalConfig, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    measured: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        cells[r["task"]][r["length"]].append(r["score"])
+        measured[r["task"]][r["length"]].append(r["tokens"])
+    scores = {task: {str(length): sum(v) / len(v) for length, v in sorted(by_len.items())} for task, by_len in cells.items()}
+    tokens = {task: {str(length): sum(v) / len(v) for length, v in sorted(by_len.items())} for task, by_len in measured.items()}
+    lengths = sorted({r["length"] for r in records if r["length"]})
+    averages = {str(length): _mean([scores[t][str(length)] for t in scores if str(length) in scores[t]]) for length in lengths}
+    results = {"model": cfg.model, "engine": cfg.engine, "config": asdict(cfg), "scores": scores, "mean_prompt_tokens": tokens,
+               "average_by_length": averages, "samples_per_cell": cfg.samples, "seconds": seconds,
+               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    with (out / "samples.jsonl").open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    table = Table(title=f"{cfg.model} ({cfg.engine}), score by prompt length in the model's tokens")
+    table.add_column("task")
+    for length in lengths:
+        table.add_column(f"{length:,}", justify="right")
+    table.add_column("short", justify="right")
+    for task, by_len in scores.items():
+        cells_ = [f"{by_len[str(l)]:.3f}" if str(l) in by_len else "" for l in lengths]
+        table.add_row(task, *cells_, f"{by_len['0']:.3f}" if "0" in by_len else "")
+    table.add_row("[bold]average", *[f"{averages[str(l)]:.3f}" for l in lengths], "")
+    Console().print(table)
+    results["plot"] = str(_plot(scores, lengths, out / "scores.png")) if lengths else None
+    return results
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _plot(scores: dict[str, dict[str, float]], lengths: list[int], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for task, by_len in scores.items():
+        points = [(l, by_len[str(l)]) for l in lengths if str(l) in by_len]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=task)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("score")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
