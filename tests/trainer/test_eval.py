@@ -97,3 +97,20 @@ def test_eval_errors_are_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
                           (["--lengths", "4k"], "comma-separated integers"), (["--haystack", "web"], "haystack must be")):
         result = cli("dgrpo-train", "eval", "--model", str(tiny_model_dir), *args, "--out", str(tmp_path), check=False)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_replication_recipe_runs_end_to_end_at_smoke_scale(tmp_path: Path) -> None:
+    """Every arm trains and is evaluated, and the curves, table and plots are written (the numbers
+    mean nothing at this scale; the real run needs the GPU machine)."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "trainer.recipes.replicate", "--out", str(tmp_path), "--smoke", "--seeds", "0"],
+                   check=True, capture_output=True, text=True, timeout=900)
+    report = json.loads((tmp_path / "replication.json").read_text())
+    assert set(report["arms"]) == {"sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"}
+    assert all(len(entry["final"]) == 1 and set(entry["final"][0]) == {"128", "192"} for entry in report["arms"].values())
+    assert len(report["arms"]["dgrpo"]["curves"][0]["accuracy"]) == 3
+    table = (tmp_path / "replication.md").read_text()
+    assert all(f"| {arm} |" in table for arm in ("teacher", "warm start", "grpo", "opd", "dgrpo", "dgrpo_cold"))
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "final.png").stat().st_size > 0

@@ -1,0 +1,1 @@
+"""Runnable experiment recipes built on the trainer's public functions."""
