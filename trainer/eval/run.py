@@ -92,7 +92,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         lm = load_causal_lm(model_cfg, device).eval()
         engine: HFEngine | VLLMEngine = HFEngine(lm, tokenizer, sampling)
     elif cfg.engine == "vllm":
-        engine = VLLMEngine(cfg.model, tokenizer, sampling, dtype=cfg.dtype, gpu_memory_utilization=0.85,
+        engine = VLLMEngine(cfg.model, tokenizer, sampling, dtype=cfg.dtype, gpu_memory_utilization=0.85 if device.type == "cuda" else 0.3,
                             seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
     else:
         raise ConfigError(f"--engine must be hf or vllm, got {cfg.engine!r}")
