@@ -106,7 +106,7 @@ def main() -> None:
         ("longblocks sketch + LeanMinHash insert, 1 process", t_ours, mem_ours),
         (f"longblocks dedup stage end to end, {args.workers} workers (parquet in/out, verification)", t_stage, None),
     ]
-    print(f"\n| method | docs/s | x plain | index bytes/doc |\n|---|---|---|---|")
+    print("\n| method | docs/s | x plain | index bytes/doc |\n|---|---|---|---|")
     for name, seconds, mem in rows:
         print(f"| {name} | {args.docs / seconds:.1f} | {t_plain / seconds:.2f}x | {f'{mem:,.0f}' if mem else '-'} |")
 

@@ -16,49 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-SHAPES = {  # (hidden, layers, heads, kv heads, intermediate)
-    "qwen3-1.7b": (2048, 28, 16, 8, 6144),
-    "qwen3-4b": (2560, 36, 32, 8, 9728),
-    "tiny": (64, 2, 4, 2, 128),
-}
-
-
-def build_tokenizer(out: Path, vocab: int) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "user", "assistant", "[UNK]"]
-    words = specials + [f"w{i}" for i in range(vocab - len(specials))]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
-                          "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
-    fast.save_pretrained(out)
-    return out
-
-
-def build_model(out: Path, shape: str, vocab: int, tokenizer: Path, dtype: torch.dtype) -> Path:
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
-    hidden, layers, heads, kv, inter = SHAPES[shape]
-    config = Qwen3Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=kv, intermediate_size=inter, head_dim=max(32, hidden // heads),
-                         max_position_embeddings=131072, tie_word_embeddings=True, eos_token_id=2, pad_token_id=0)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).to(dtype).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
-    return out
-
+from _common import SHAPES, build_model, build_tokenizer, runtime, step_timer
 
 def prompts_parquet(out: Path, n: int, words: int) -> Path:
     import pyarrow as pa
@@ -92,25 +57,12 @@ def ours(student: Path, teacher: Path, prompts: Path, out: Path, args: argparse.
 def trl(student: Path, prompts: Path, out: Path, args: argparse.Namespace, length: int) -> dict[str, Any] | str:
     try:
         import datasets
-        from transformers import AutoTokenizer, TrainerCallback
+        from transformers import AutoTokenizer
         from trl import GRPOConfig, GRPOTrainer
     except ImportError:
         return "n/a (trl not installed)"
     times: list[float] = []
     peaks: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, *a: Any, **k: Any) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a: Any, **k: Any) -> None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-                peaks.append(torch.cuda.max_memory_allocated() / 2**30)
-            times.append(time.perf_counter() - self.t0)
 
     wanted = {"output_dir": str(out), "per_device_train_batch_size": args.group, "num_generations": args.group,
               "max_completion_length": args.new_tokens, "max_prompt_length": length, "beta": 0.04,
@@ -124,7 +76,7 @@ def trl(student: Path, prompts: Path, out: Path, args: argparse.Namespace, lengt
     dataset = dataset.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}]}, remove_columns=["answer"])
     try:
         trainer = GRPOTrainer(model=str(student), reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
-                              args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[StepTimer()])
+                              args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[step_timer(times, peaks)])
         trainer.train()
     except torch.OutOfMemoryError:
         return "OOM"
@@ -151,13 +103,7 @@ def main() -> None:
     if args.smoke:
         args.lengths, args.group, args.new_tokens, args.student, args.teacher, args.vocab = "128", 2, 8, "tiny", "tiny", 1000
         args.skip_trl = args.skip_trl or not args.with_trl_on_cpu
-    if args.attn == "flash_attention_2":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError:
-            args.attn = "sdpa"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    args.attn, device, dtype = runtime(args.attn)
     root = Path(tempfile.mkdtemp(prefix="bench_dgrpo_"))
     results = []
     try:

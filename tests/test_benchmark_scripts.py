@@ -28,3 +28,10 @@ def test_dgrpo_step_benchmark_runs_in_smoke_mode() -> None:
                             capture_output=True, text=True, timeout=600, check=True)
     rows = [l for l in result.stdout.splitlines() if l.startswith("| 128 |")]
     assert len(rows) == 1 and "skipped" in rows[0]
+
+
+def test_sft_step_benchmark_runs_in_smoke_mode() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sft_step.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=600, check=True)
+    rows = [l for l in result.stdout.splitlines() if l.startswith("| 256 |")]
+    assert len(rows) == 1 and "skipped" in rows[0] and "longest sequence trained (of 512): ours 512" in result.stdout

@@ -76,6 +76,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                       "tokens": seq_tokens, "trained_tokens": trained, "tokens_per_s": seq_tokens / elapsed,
                       "short_fraction": data.realized_short_fraction(), "dropped_overlong": data.state.dropped_overlong,
                       "truncated": data.state.truncated}
+            if device.type == "cuda":
+                record["memory/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                torch.cuda.reset_peak_memory_stats(device)
             if step % cfg.run.log_every == 0 or step == cfg.optim.steps:
                 metrics.log(step, record)
             progress.update(task, completed=step, stats=f"loss {loss:.4f}  {seq_tokens / elapsed:,.0f} tok/s")
