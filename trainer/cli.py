@@ -48,15 +48,16 @@ def rl(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML run configuration.")] = None,
 ) -> None:
-    """dGRPO: GRPO's clipped objective on group-relative rewards minus beta x KL(student || teacher)
-    on the student's own rollouts.
+    """dGRPO: GRPO's clipped objective on group-relative rewards minus beta x KL(student || teacher) on the \
+student's own rollouts.
 
-    GRPO is `--objective.beta=0`; on-policy distillation is a reward with weight 0. Teachers:
-    `--teacher.source=local --teacher.path=DIR` (exact full-vocabulary KL through the fused
-    kernels), `served` (an OpenAI-compatible endpoint returning prompt log-probs, e.g. vLLM), or
-    `precomputed` (log-probs stored with replayed rollouts, `--data.replay=DIR`). Rollouts with
-    `--rollout.engine=hf` (transformers generate) or `vllm` (colocated). Runs in one process or
-    with FSDP2 under `torchrun --nproc-per-node N`; re-running the same command resumes.
+    GRPO is `--objective.beta=0`; on-policy distillation is a reward with weight 0. Teachers: \
+`--teacher.source=local --teacher.path=DIR` (exact full-vocabulary KL through the fused kernels), `served` \
+(an OpenAI-compatible endpoint returning prompt log-probs, e.g. vLLM), or `precomputed` (log-probs stored with \
+replayed rollouts, `--data.replay=DIR`). Rollouts with `--rollout.engine=hf` (transformers generate) or `vllm` \
+(colocated). Overrides follow the config as `--section.key=value`.
+
+    Runs in one process or with FSDP2 under `torchrun --nproc-per-node N`; re-running the same command resumes.
     """
     from trainer.config import ConfigError, RLConfig, load_config
     from trainer.rl import train
