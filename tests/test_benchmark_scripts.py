@@ -35,3 +35,10 @@ def test_sft_step_benchmark_runs_in_smoke_mode() -> None:
                             capture_output=True, text=True, timeout=600, check=True)
     rows = [l for l in result.stdout.splitlines() if l.startswith("| 256 |")]
     assert len(rows) == 1 and "skipped" in rows[0] and "longest sequence trained (of 512): ours 512" in result.stdout
+
+
+def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "claims_cpu.py"), "--out", str(tmp_path), "--smoke",
+                             "--seeds", "0"], capture_output=True, text=True, timeout=600, check=True)
+    rows = [l for l in result.stdout.splitlines() if l.startswith("| ") and not l.startswith("| arm")]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == ["sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"]
