@@ -60,21 +60,7 @@ def rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, steps: int, 
 
 def accuracy(model: Path, n: int) -> float:
     """Greedy exact-match accuracy on held-out prompts."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trainer.config import RolloutConfig
-    from trainer.rollout import HFEngine
-
-    lm, tok = AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
-    rows = copy_task.rows(n, seed=4242)
-    prompts = []
-    for r in rows:
-        ids = tok.apply_chat_template([{"role": "user", "content": f"{r['document']}\n\n{r['question']}"}],
-                                      add_generation_prompt=True, tokenize=True)
-        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    groups = HFEngine(lm, tok, RolloutConfig(group_size=1, max_new_tokens=3, temperature=0.0)).generate(prompts, [0] * n)
-    answers = [tok.decode(g[0].completion_ids, skip_special_tokens=True).strip() for g in groups]
-    return sum(a == r["answer"] for a, r in zip(answers, rows)) / n
+    return copy_task.greedy_accuracy(model, n, seed=4242)
 
 
 def main() -> None:

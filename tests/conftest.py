@@ -84,6 +84,20 @@ def cli(*args: str, check: bool = True, env: dict[str, str] | None = None, timeo
     return result
 
 
+def cli_killed_at(marker: Path, *args: str, timeout: float = 300) -> None:
+    """Start one of our console scripts and SIGKILL it as soon as `marker` exists."""
+    import signal
+    import time
+
+    exe = str(Path(sys.executable).parent / args[0])
+    proc = subprocess.Popen([exe, *args[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen3 (2 layers, hidden 64, tied embeddings) with the tiny tokenizer, saved

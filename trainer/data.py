@@ -47,7 +47,8 @@ def to_messages(row: dict[str, Any], source: DataSource) -> list[dict[str, str]]
     raise ConfigError(f"{source.path}: rows need `messages` or LongBlocks columns (document, question, answer)")
 
 
-def _template_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+def template_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    """The chat template's token ids (a plain list whatever the tokenizer returns)."""
     out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
@@ -56,13 +57,13 @@ def tokenize_chat(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[
     """(input_ids, labels) with labels = input_ids on assistant turns and IGNORE elsewhere. The
     assistant spans come from rendering the conversation prefix by prefix; a template whose
     prefixes are not prefixes of the whole (it rewrites history) returns None."""
-    ids = _template_ids(tokenizer, messages, add_generation_prompt=False)
+    ids = template_ids(tokenizer, messages, add_generation_prompt=False)
     labels = [IGNORE] * len(ids)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_template_ids(tokenizer, messages[:i], add_generation_prompt=True))
-        end_ids = _template_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        start = len(template_ids(tokenizer, messages[:i], add_generation_prompt=True))
+        end_ids = template_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if end_ids != ids[: len(end_ids)] or start > len(end_ids):
             return None
         labels[start : len(end_ids)] = ids[start : len(end_ids)]

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainer.config import ConfigError, DataSource, RLDataConfig
-from trainer.data import _template_ids, load_rows
+from trainer.data import template_ids, load_rows
 from trainer.rollout import Rollout
 from trainer.teacher import TeacherScores
 
@@ -40,14 +40,17 @@ def prompt_and_reference(row: dict[str, Any], source: DataSource) -> tuple[list[
         if last is None:
             raise ConfigError(f"{source.path}: a `messages` row without an assistant turn to use as reference")
         return messages[:last], [messages[last]["content"]]
-    if "document" in row and "question" in row or "prompt" in row:
-        if source.target not in row:
-            raise ConfigError(f"{source.path}: no reference column {source.target!r}")
-        text = row["prompt"] if "prompt" in row and "document" not in row else source.prompt.format(**row)
-        reference = row[source.target]
-        references = [str(r) for r in reference] if isinstance(reference, (list, tuple)) else [str(reference or "")]
-        return [{"role": "user", "content": text}], references
-    raise ConfigError(f"{source.path}: rows need `messages`, LongBlocks columns (document, question, answer) or `prompt`")
+    if "document" in row and "question" in row:
+        text = source.prompt.format(**row)
+    elif "prompt" in row:
+        text = row["prompt"]
+    else:
+        raise ConfigError(f"{source.path}: rows need `messages`, LongBlocks columns (document, question, answer) or `prompt`")
+    if source.target not in row:
+        raise ConfigError(f"{source.path}: no reference column {source.target!r}")
+    reference = row[source.target]
+    references = [str(r) for r in reference] if isinstance(reference, (list, tuple)) else [str(reference or "")]
+    return [{"role": "user", "content": text}], references
 
 
 @dataclass
@@ -91,7 +94,7 @@ class PromptData:
             self.state.position += 1
             row, source = self._row(position)
             messages, reference = prompt_and_reference(row, source)
-            ids = _template_ids(self.tokenizer, messages, add_generation_prompt=True)
+            ids = template_ids(self.tokenizer, messages, add_generation_prompt=True)
             if len(ids) > self.cfg.max_prompt_len:
                 self.state.dropped_overlong += 1
                 skipped += 1

@@ -38,6 +38,7 @@ class MicroBatch:
     position_ids: torch.Tensor  # [1, T]
     index: torch.Tensor  # [S, L] target positions of each completion token (0 where padded)
     mask: torch.Tensor  # [S, L] trained tokens (False: padding, or an excluded rollout)
+    target_mask: torch.Tensor  # [1, T-1] the same tokens as target positions (the kernels skip the rest)
     advantages: torch.Tensor  # [S]
     behaviour_logprobs: torch.Tensor  # [S, L]
     teacher_logprobs: torch.Tensor | None  # [S, L]
@@ -67,9 +68,12 @@ def make_micro_batch(rollouts: list[Rollout], advantages: list[float], valid: li
             if has_topk and scores[i].topk_ids:
                 topk_ids[start:end] = torch.tensor(scores[i].topk_ids)
                 topk_lp[start:end] = torch.tensor(scores[i].topk_logprobs)
+    target_mask = torch.zeros(len(packed.input_ids) - 1, dtype=torch.bool)
+    target_mask[index[mask]] = True
     return MicroBatch(
         torch.tensor([packed.input_ids], device=device), torch.tensor([packed.position_ids], device=device),
-        index.to(device), mask.to(device), torch.tensor(advantages, device=device), behaviour.to(device),
+        index.to(device), mask.to(device), target_mask[None].to(device), torch.tensor(advantages, device=device),
+        behaviour.to(device),
         teacher_lp.to(device) if any(s is not None for s in scores) else None,
         (topk_ids.to(device), topk_lp.to(device)) if has_topk else None,
     )
@@ -201,7 +205,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
                 with torch.no_grad(), autocast:
                     for b, mb in enumerate(batches):
                         flat = model(mb.input_ids, mb.position_ids, temperature=cfg.rollout.temperature,
-                                     mask=_target_mask(mb))[0]
+                                     mask=mb.target_mask)[0]
                         old_logprobs[b] = flat[mb.index] * mb.mask
             sums = {key: torch.zeros((), dtype=torch.float64, device=device) for key in (
                 "loss", "tokens", "kl_sum", "clip_low_sum", "clip_high_sum", "ratio_sum", "entropy_sum", "logprob_gap")}
@@ -217,7 +221,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
                         kl_fn = _topk_kl(*mb.teacher_topk, tcfg.kl_temperature, tcfg.direction)
                     with autocast:
                         out_ = model(mb.input_ids, mb.position_ids, temperature=cfg.rollout.temperature,
-                                     mask=_target_mask(mb), return_entropy=True, kl_fn=kl_fn)
+                                     mask=mb.target_mask, return_entropy=True, kl_fn=kl_fn)
                     flat_logprobs, flat_entropy = out_[0][0], out_[1][0]
                     logprobs = flat_logprobs[mb.index] * mb.mask
                     kl = out_[2][0][mb.index] if kl_fn is not None else None
@@ -302,13 +306,6 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         console.print(f"[green]rl done[/]: {step} steps -> {final}")
     distributed.shutdown()
     return {"steps": step, "history": history, "export": str(final), "plot": str(plot) if plot else None}
-
-
-def _target_mask(mb: MicroBatch) -> torch.Tensor:
-    """[1, T-1]: the target positions of trained completion tokens (the kernels skip the rest)."""
-    mask = torch.zeros(mb.input_ids.shape[1] - 1, dtype=torch.bool, device=mb.mask.device)
-    mask[mb.index[mb.mask]] = True
-    return mask[None]
 
 
 def _full_kl(teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, temperature: float, direction: str):  # noqa: ANN202

@@ -113,8 +113,6 @@ class ServedTeacher:
                     topk_ids.append([t for t, _ in ranked])
                     topk_lp.append([lp for _, lp in ranked])
             return TeacherScores(logprobs, topk_ids if with_topk else None, topk_lp if with_topk else None)
-        if with_topk:
-            raise ConfigError("the echo protocol returns top-k keyed by text; use protocol = 'prompt_logprobs' for topk")
         response = self.client.completions.create(model=self.cfg.model, prompt=ids, max_tokens=0, temperature=0.0,
                                                   echo=True, logprobs=0)
         token_logprobs_ = response.choices[0].logprobs.token_logprobs
@@ -126,12 +124,12 @@ class ServedTeacher:
         """A TeacherScores per rollout, or the error message for one that could not be scored."""
         if temperature != 1.0:
             raise ConfigError("a served teacher returns log-probs at temperature 1; set teacher KL temperature to 1")
+        if with_topk and self.cfg.protocol == "echo":
+            raise ConfigError("the echo protocol returns top-k keyed by text; use protocol = 'prompt_logprobs' for topk")
 
         def one(rollout: Rollout) -> TeacherScores | str:
             try:
                 scores = self._request(rollout, with_topk)
-            except ConfigError:
-                raise
             except Exception as exc:  # noqa: BLE001 - recorded and the rollout excluded
                 return f"{type(exc).__name__}: {str(exc)[:200]}"
             if any(not math.isfinite(x) for x in scores.logprobs):

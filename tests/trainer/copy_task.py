@@ -70,6 +70,23 @@ def model_dir(out: Path, tokenizer_path: Path, seed: int, hidden: int = 64, laye
     return out
 
 
+
+def greedy_accuracy(model: Path, n: int, seed: int) -> float:
+    """Exact-match accuracy of greedy answers on `n` fresh rows (through the `hf` rollout engine)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.config import RolloutConfig
+    from trainer.data import template_ids
+    from trainer.rollout import HFEngine
+
+    lm, tok = AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
+    task_rows = rows(n, seed)
+    prompts = [template_ids(tok, [{"role": "user", "content": f"{r['document']}\n\n{r['question']}"}],
+                            add_generation_prompt=True) for r in task_rows]
+    groups = HFEngine(lm, tok, RolloutConfig(group_size=1, max_new_tokens=3, temperature=0.0)).generate(prompts, [0] * n)
+    answers = [tok.decode(g[0].completion_ids, skip_special_tokens=True).strip() for g in groups]
+    return sum(a == r["answer"] for a, r in zip(answers, task_rows)) / n
+
 def short_answer_reward(completion: str, reference: object, row: dict) -> float:
     """A reward by dotted path (`copy_task:short_answer_reward`): 1 for a one-word answer."""
     return float(len(completion.split()) == 1)

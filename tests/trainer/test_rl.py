@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,11 +16,11 @@ import pytest
 import torch
 
 import copy_task
-from conftest import cli
+from conftest import cli, cli_killed_at
 from logprob_server import LogprobServer
 from openai_double import _free_port
 from trainer.config import RLConfig, SFTConfig, load_config
-from trainer.rollout import HFEngine, Rollout
+from trainer.rollout import Rollout
 from trainer.teacher import LocalTeacher, ServedTeacher
 
 TIMING = ("tokens_per_s", "seconds")
@@ -63,21 +61,7 @@ def without_timing(rows: list[dict]) -> list[dict]:
 
 
 def test_teacher_fixture_solves_the_task(task: SimpleNamespace) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from trainer.config import RolloutConfig
-
-    lm = AutoModelForCausalLM.from_pretrained(task.teacher)
-    tok = AutoTokenizer.from_pretrained(task.teacher)
-    rows = copy_task.rows(32, seed=99)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": f"{r['document']}\n\n{r['question']}"}],
-                                       add_generation_prompt=True, tokenize=True) for r in rows]
-    prompts = [list(p["input_ids"] if hasattr(p, "keys") else p) for p in prompts]
-    engine = HFEngine(lm, tok, RolloutConfig(group_size=1, max_new_tokens=3, temperature=1e-3))
-    groups = engine.generate(prompts, seeds=list(range(32)))
-    answers = [tok.decode(g[0].completion_ids, skip_special_tokens=True).strip() for g in groups]
-    accuracy = sum(a == r["answer"] for a, r in zip(answers, rows)) / len(rows)
-    assert accuracy >= 0.9, answers
+    assert copy_task.greedy_accuracy(task.teacher, 32, seed=99) >= 0.9
 
 
 def reward_curve(history: list[dict]) -> tuple[float, float]:
@@ -203,14 +187,8 @@ def test_killed_rl_run_resumes_with_the_same_metrics(task: SimpleNamespace, tmp_
     args = ["--rollout.prompts_per_step=4", "--rollout.group_size=2", "--optim.steps=8", "--run.save_every=2",
             "--objective.beta=0.5", "--teacher.source=local", f"--teacher.path={task.teacher}"]
     cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "ref", *args))
-    exe = str(Path(sys.executable).parent / "dgrpo-train")
-    proc = subprocess.Popen([exe, "rl", *rl_args(task, tmp_path / "kill", *args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "kill" / "checkpoints" / "step-4" / "COMPLETE").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cli_killed_at(tmp_path / "kill" / "checkpoints" / "step-4" / "COMPLETE", "dgrpo-train", "rl",
+                  *rl_args(task, tmp_path / "kill", *args))
     assert not (tmp_path / "kill" / "final").exists()
     cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "kill", *args))
     resumed, reference = without_timing(metrics(tmp_path / "kill")), without_timing(metrics(tmp_path / "ref"))

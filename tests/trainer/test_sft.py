@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import chat_parquet, cli, longblocks_parquet
+from conftest import chat_parquet, cli, cli_killed_at, longblocks_parquet
 from openai_double import _free_port
 from trainer.config import ConfigError, SFTConfig, load_config
 from trainer.data import IGNORE, SFTData, tokenize_chat
@@ -136,13 +134,7 @@ def test_killed_sft_resumes_with_identical_following_losses(tiny_model_dir: Path
     ref_cfg = write_config(tmp_path / "ref.toml", tiny_model_dir, long, None, tmp_path / "ref")
     cli("dgrpo-train", "sft", "--config", str(ref_cfg), timeout=600)
     cfg = write_config(tmp_path / "kill.toml", tiny_model_dir, long, None, tmp_path / "kill")
-    exe = str(Path(sys.executable).parent / "dgrpo-train")
-    proc = subprocess.Popen([exe, "sft", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "kill" / "checkpoints" / "step-4" / "COMPLETE").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cli_killed_at(tmp_path / "kill" / "checkpoints" / "step-4" / "COMPLETE", "dgrpo-train", "sft", "--config", str(cfg))
     assert not (tmp_path / "kill" / "final").exists()
     cli("dgrpo-train", "sft", "--config", str(cfg), timeout=600)
     assert losses(tmp_path / "kill") == pytest.approx(losses(tmp_path / "ref"), rel=1e-6, abs=1e-7)

@@ -103,14 +103,12 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     with progress:
         bar = progress.add_task("eval", total=len(samples))
         for sample in samples:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": sample.prompt}], tokenize=True,
-                                                add_generation_prompt=True)
-            ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
             engine.sampling.max_new_tokens = sample.max_new_tokens
-            [[rollout]] = engine.generate([ids], [cfg.seed])
+            [[rollout]] = engine.generate([sample.prompt_ids], [cfg.seed])
             text = tokenizer.decode(rollout.completion_ids, skip_special_tokens=True)
             score = BUILTIN[sample.metric](text, sample.references, {})
-            records.append({**{k: v for k, v in asdict(sample).items() if k != "prompt"}, "completion": text, "score": score})
+            kept = {k: v for k, v in asdict(sample).items() if k not in ("prompt", "prompt_ids")}
+            records.append({**kept, "tokens": sample.tokens, "completion": text, "score": score})
             progress.advance(bar)
     return write_results(cfg, records, time.perf_counter() - started)
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.data import template_ids
+
 NOISE = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ").split()
 WORDS = ("apple river stone cloud tiger maple candle silver harbor meadow lantern violet copper orbit falcon "
          "garden pepper thunder willow marble saddle ember canyon velvet anchor prism quartz nectar summit "
@@ -29,8 +31,13 @@ class Sample:
     references: list[str]
     metric: str  # a reward name: string_match_all | string_match_part
     max_new_tokens: int
-    tokens: int = 0  # measured prompt length (chat template included)
+    prompt_ids: list[int] = field(default_factory=list)  # the chat-templated prompt
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        """The measured prompt length (chat template included)."""
+        return len(self.prompt_ids)
 
 
 class Haystack:
@@ -206,9 +213,8 @@ RULER: dict[str, Builder] = {
 SHORT: dict[str, Builder] = {"short_arithmetic": short_arithmetic(), "short_recall": short_recall()}
 
 
-def prompt_tokens(tokenizer: Any, prompt: str) -> int:
-    out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True)
-    return len(out["input_ids"] if hasattr(out, "keys") else out)
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    return template_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def generate(name: str, builder: Builder, tokenizer: Any, length: int, n: int, *, seed: int = 0,
@@ -228,11 +234,11 @@ def generate(name: str, builder: Builder, tokenizer: Any, length: int, n: int, *
             prompt, refs, metric, new = render(0)
         else:
             low, high = 0, max(16, length)
-            while prompt_tokens(tokenizer, render(high)[0]) <= length:  # filler words can be < 1 token
+            while len(prompt_ids(tokenizer, render(high)[0])) <= length:  # filler words can be < 1 token
                 low, high = high, high * 2
             while high - low > 1:
                 mid = (low + high) // 2
-                low, high = (mid, high) if prompt_tokens(tokenizer, render(mid)[0]) <= length else (low, mid)
+                low, high = (mid, high) if len(prompt_ids(tokenizer, render(mid)[0])) <= length else (low, mid)
             prompt, refs, metric, new = render(low)
-        samples.append(Sample(name, length, prompt, refs, metric, new, prompt_tokens(tokenizer, prompt)))
+        samples.append(Sample(name, length, prompt, refs, metric, new, prompt_ids(tokenizer, prompt)))
     return samples
