@@ -19,6 +19,7 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     # Triton kernels run on CPU tensors through the interpreter; must be set before triton loads.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; fusion on, as before
 
 import datasets  # noqa: E402
 

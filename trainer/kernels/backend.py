@@ -37,8 +37,3 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
         if not tensor.is_cuda and not interpret_mode():
             raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before importing triton")
     return backend
-
-
-def rows_per_chunk(vocab_size: int, budget_elements: int = 1 << 24) -> int:
-    """Token rows per chunk so that a chunk of fp32 logits stays under `budget_elements`."""
-    return max(1, budget_elements // max(vocab_size, 1))

@@ -33,23 +33,23 @@ def full_vocab_kl_ref(
     return (t.exp() * (t - s)).sum(-1)
 
 
-def bucket_kl(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, direction: str = "reverse") -> torch.Tensor:
-    """KL between two distributions coarsened to K+1 buckets: the teacher's top-k ids and one tail
-    bucket holding the remaining mass. A true divergence (>= 0, 0 iff the buckets agree). A tail
-    that rounds to zero mass is clamped to the dtype's epsilon (served log-probs can sum past 1)."""
-    eps = torch.finfo(student_logprobs.dtype).eps
-    s_tail = torch.log1p(-student_logprobs.exp().sum(-1).clamp(max=1 - eps))
-    t_tail = torch.log1p(-teacher_logprobs.exp().sum(-1).clamp(max=1 - eps))
-    s = torch.cat([student_logprobs, s_tail[:, None]], dim=-1)
-    t = torch.cat([teacher_logprobs, t_tail[:, None]], dim=-1)
-    if direction == "reverse":
-        return (s.exp() * (s - t)).sum(-1)
-    return (t.exp() * (t - s)).sum(-1)
+def tail_logprob(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log of the mass outside `ids` [N, K], from full log-probs [N, V] (a complement log-sum-exp)."""
+    return torch.logsumexp(logprobs.scatter(-1, ids.long(), float("-inf")), dim=-1)
 
 
 def topk_kl_ref(
     hidden: torch.Tensor, weight: torch.Tensor, teacher_topk_ids: torch.Tensor, teacher_topk_logprobs: torch.Tensor, *,
-    temperature: float = 1.0, direction: str = "reverse", dtype: torch.dtype = torch.float64,
+    teacher_topk_tail: torch.Tensor | None = None, temperature: float = 1.0, direction: str = "reverse",
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
+    """KL between the K+1-bucket coarsenings (top-k ids + the rest), computed in `dtype` from full
+    logits; the teacher's tail is `teacher_topk_tail` or log(1 - sum of its top-k)."""
     logprobs = torch.log_softmax(logits(hidden, weight, temperature, dtype), dim=-1)
-    return bucket_kl(logprobs.gather(-1, teacher_topk_ids.long()), teacher_topk_logprobs.to(dtype), direction)
+    s = torch.cat([logprobs.gather(-1, teacher_topk_ids.long()), tail_logprob(logprobs, teacher_topk_ids)[:, None]], -1)
+    t_top = teacher_topk_logprobs.to(dtype)
+    t_tail = teacher_topk_tail.to(dtype) if teacher_topk_tail is not None else torch.log1p(-t_top.exp().sum(-1))
+    t = torch.cat([t_top, t_tail[:, None]], -1)
+    if direction == "reverse":
+        return (s.exp() * (s - t)).sum(-1)
+    return (t.exp() * (t - s)).sum(-1)
