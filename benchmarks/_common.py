@@ -11,6 +11,7 @@ import torch
 SHAPES = {  # (hidden, layers, heads, kv heads, intermediate)
     "qwen3-1.7b": (2048, 28, 16, 8, 6144),
     "qwen3-4b": (2560, 36, 32, 8, 9728),
+    "small": (256, 4, 4, 2, 512),
     "tiny": (64, 2, 4, 2, 128),
 }
 

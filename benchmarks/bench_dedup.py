@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from longblocks.dedup import SCHEME, DedupConfig, dedup, normalize_text, sketch
+from longblocks.dedup import SCHEME, DedupConfig, dedup, sketch
+from longblocks.text import normalize_text
 from longblocks.records import DOCUMENT_SCHEMA, make_document
 
 

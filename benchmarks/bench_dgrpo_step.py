@@ -40,7 +40,7 @@ def ours(student: Path, teacher: Path, prompts: Path, out: Path, args: argparse.
 
     cfg = load_config(RLConfig, None, [
         f"--model.path={student}", "--teacher.source=local", f"--teacher.path={teacher}", "--objective.beta=1.0",
-        f"--data.prompts=[{{path='{prompts}', target='answer'}}]", f"--data.max_prompt_len={length}",
+        f"--data.long=[{{path='{prompts}', target='answer'}}]", f"--data.max_prompt_len={length}",
         "--rollout.prompts_per_step=1", f"--rollout.group_size={args.group}", f"--rollout.max_new_tokens={args.new_tokens}",
         "--optim.micro_batch_rollouts=1", "--optim.steps=2", f"--run.out={out}", "--run.save_every=1000",
         "--run.tensorboard=false", "--rollout.save=false", f"--model.attn_implementation={args.attn}",

@@ -49,7 +49,7 @@ def rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, steps: int, 
 
     beta, weight = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0), "dgrpo_cold": (1.0, 1.0)}[arm]
     summary = train(load_config(RLConfig, None, [
-        f"--model.path={model}", f"--data.prompts=[{{path='{data}'}}]", f"--data.seed={seed}", f"--run.seed={seed}",
+        f"--model.path={model}", f"--data.long=[{{path='{data}'}}]", f"--data.seed={seed}", f"--run.seed={seed}",
         f"--teacher.source={'local' if beta else 'none'}", f"--teacher.path={teacher}", f"--objective.beta={beta}",
         f"--rewards=[{{name='exact_match', weight={weight}}}]", "--rollout.prompts_per_step=32",
         "--rollout.group_size=2", "--rollout.max_new_tokens=3", "--rollout.save=false", "--optim.lr=1e-2",

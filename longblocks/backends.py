@@ -18,9 +18,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from longblocks.errors import LongBlocksError
+from longblocks.text import split_reasoning
 
 T = TypeVar("T")
 Messages = list[dict[str, str]]
@@ -47,20 +48,6 @@ class Completion:
     cached: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-def split_reasoning(content: str, reasoning: str | None = None) -> tuple[str, str]:
-    """(answer, reasoning): `<think>...</think>` blocks and a separate reasoning field are removed;
-    an unterminated `<think>` (thinking cut off by max_tokens) leaves no answer."""
-    content = content or ""
-    thought = [reasoning] if reasoning else []
-    if "</think>" in content:
-        head, _, content = content.rpartition("</think>")
-        thought.append(head.replace("<think>", "", 1))
-    elif content.lstrip().startswith("<think>"):
-        thought.append(content.lstrip()[len("<think>") :])
-        content = ""
-    return content.strip(), "\n".join(t.strip() for t in thought if t)
 
 
 class RequestCache:
@@ -323,7 +310,24 @@ class VLLMBackend:
         self.cache.close()
 
 
-def make_backend(kind: str, model: str, **options: Any) -> OpenAIBackend | VLLMBackend:
+class Backend(Protocol):
+    """What a stage needs from an LLM: requests in, completions out in input order, a description
+    for the manifest (never the API key) and counters for the progress bar."""
+
+    name: str
+    model: str
+    stats: BackendStats
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def map_ordered(
+        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+    ) -> Iterator[tuple[T, Completion]]: ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(kind: str, model: str, **options: Any) -> Backend:
     if kind == "openai":
         allowed = {"base_url", "api_key_env", "sampling", "concurrency", "timeout", "max_retries", "backoff", "cache"}
         return OpenAIBackend(model, **{k: v for k, v in options.items() if k in allowed})

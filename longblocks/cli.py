@@ -13,10 +13,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
+from longblocks.config import BackendConfig, DedupConfig, GenerateSection, JudgeSection, SelectConfig
 from longblocks.errors import LongBlocksError
+from longblocks.store import Progress
 
 app = typer.Typer(
     help="LongBlocks: build long-context QA datasets (sample -> select -> dedup -> generate -> judge -> publish). "
@@ -36,7 +40,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LongBlocksError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: committed parts are kept; run the same command again to resume")
@@ -46,27 +50,24 @@ def friendly_errors(fn: F) -> F:
 
 
 @contextmanager
-def progress_bars() -> Iterator[Callable[[str, int | None], Callable[..., None]]]:
-    """A factory of rich progress tasks: `bar = make("select", total); bar(advance=n, kept=..)`."""
+def progress_bars() -> Iterator[Progress]:
+    """The stages' progress callback drawn as rich bars: one bar per phase, its stats beside it."""
     columns = [
         TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, transient=False) as progress:
+    with RichProgress(*columns, console=console, transient=False) as bars:
+        tasks: dict[str, Any] = {}
 
-        def make(name: str, total: int | None) -> Callable[..., None]:
-            task = progress.add_task(name, total=total, stats="")
+        def update(phase: str, advance: int, total: int | None, /, **stats: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total, stats="")
+            elif total is not None:
+                bars.update(tasks[phase], total=total)
+            fields = "  ".join(f"{k} {v}" for k, v in stats.items())
+            bars.update(tasks[phase], advance=advance, **({"stats": fields} if fields else {}))
 
-            def update(*, advance: int = 0, completed: int | None = None, **stats: int) -> None:
-                fields = "  ".join(f"{k} {v}" for k, v in stats.items())
-                kwargs: dict[str, Any] = {"advance": advance}
-                if completed is not None:
-                    kwargs = {"completed": completed}
-                progress.update(task, **kwargs, **({"stats": fields} if fields else {}))
-
-            return update
-
-        yield make
+        yield update
 
 
 def parse_quotas(value: str | None) -> dict[str, int] | None:
@@ -109,7 +110,7 @@ RemoteCodeOpt = Annotated[bool, typer.Option(help="Allow the tokenizer's custom 
 
 def _source_config(source: str, languages: str | None, per_language: int | None, quota: str | None, seed: int,
                    text_field: str | None, include: list[str] | None, hub_id: str | None) -> Any:
-    from longblocks.pipeline import SourceConfig
+    from longblocks.config import SourceConfig
 
     return SourceConfig(
         name=source, languages=languages.split(",") if languages else None, per_language=per_language,
@@ -154,10 +155,9 @@ def sample_cmd(
     cfg = _source_config(source, languages, per_language, quota, seed, text_field, include, hub_id)
     quotas = cfg.resolved_quotas()
     resolved = cfg.source()
-    with progress_bars() as make:
-        bar = make("sample", sum(quotas.values()) if quotas else None)
+    with progress_bars() as progress:
         manifest = sample(resolved, out, quotas=quotas, seed=seed, part_size=part_size, overwrite=overwrite,
-                          on_progress=lambda c: bar(completed=c["kept"], **c))
+                          on_progress=progress)
     print_manifest(manifest, out)
 
 
@@ -167,22 +167,20 @@ def select_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="Input: a stage directory or parquet shards.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
     tokenizer: TokenizerOpt,
-    min_tokens: MinTokOpt = 4096,
-    max_tokens: MaxTokOpt = 131072,
+    min_tokens: MinTokOpt = SelectConfig.min_tokens,
+    max_tokens: MaxTokOpt = SelectConfig.max_tokens,
     part_size: PartSizeOpt = 1000,
     batch_size: Annotated[int, typer.Option(help="Documents tokenized per call.")] = 32,
     trust_remote_code: RemoteCodeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Keep documents within [--min-tokens, --max-tokens] that look self-contained; record why others go."""
-    from longblocks.select import SelectConfig, select
+    from longblocks.select import select
 
     cfg = SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens, trust_remote_code=trust_remote_code)
-    with progress_bars() as make:
-        bar: dict[str, Any] = {}
+    with progress_bars() as progress:
         manifest = select(inp, out, cfg, part_size=part_size, batch_size=batch_size, overwrite=overwrite,
-                          on_start=lambda n: bar.update(update=make("select", n)),
-                          on_progress=lambda n: bar["update"](advance=n))
+                          on_progress=progress)
     print_manifest(manifest, out)
 
 
@@ -191,11 +189,12 @@ def select_cmd(
 def dedup_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="Input: a stage directory or parquet shards of documents.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
-    threshold: Annotated[float, typer.Option(help="Exact Jaccard a candidate pair needs to count as a duplicate.")] = 0.8,
-    ngram: Annotated[int, typer.Option(help="Shingle size in words (tokens for code).")] = 5,
-    bands: Annotated[int, typer.Option(help="LSH bands.")] = 14,
-    rows: Annotated[int, typer.Option(help="LSH rows per band (num_perm = bands x rows).")] = 8,
-    seed: Annotated[int, typer.Option(help="MinHash permutation seed.")] = 1,
+    threshold: Annotated[float, typer.Option(help="Exact Jaccard a candidate pair needs to count as a duplicate.")] =
+        DedupConfig.threshold,
+    ngram: Annotated[int, typer.Option(help="Shingle size in words (tokens for code).")] = DedupConfig.ngram,
+    bands: Annotated[int, typer.Option(help="LSH bands.")] = DedupConfig.bands,
+    rows: Annotated[int, typer.Option(help="LSH rows per band (num_perm = bands x rows).")] = DedupConfig.rows,
+    seed: Annotated[int, typer.Option(help="MinHash permutation seed.")] = DedupConfig.seed,
     workers: Annotated[int, typer.Option(help="Hashing processes (the survivors do not depend on it).")] = 1,
     lsh_storage: Annotated[str, typer.Option(help="memory, or redis for corpora beyond one machine.")] = "memory",
     redis_url: Annotated[str | None, typer.Option(help="Redis URL for --lsh-storage redis.")] = None,
@@ -203,13 +202,12 @@ def dedup_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Remove near-duplicate documents: MinHash LSH candidates, exact Jaccard check, one survivor per cluster."""
-    from longblocks.dedup import DedupConfig, dedup
-    from longblocks.pipeline import phase_progress
+    from longblocks.dedup import dedup
 
     cfg = DedupConfig(ngram=ngram, bands=bands, rows=rows, seed=seed, threshold=threshold)
-    with progress_bars() as make:
+    with progress_bars() as progress:
         manifest = dedup(inp, out, cfg, workers=workers, storage=lsh_storage, redis_url=redis_url,
-                         part_size=part_size, overwrite=overwrite, on_progress=phase_progress(make))
+                         part_size=part_size, overwrite=overwrite, on_progress=progress)
     print_manifest(manifest, out)
     report = manifest["dedup"]
     console.print(f"  clusters {report['clusters']}, candidate pairs {report['candidate_pairs']}, "
@@ -227,14 +225,6 @@ TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling top_p.")]
 MaxNewOpt = Annotated[int, typer.Option(help="max_tokens per completion, reasoning included.")]
 CacheOpt = Annotated[str | None, typer.Option(help="sqlite request cache (default: beside the stage directory).")]
 TPOpt = Annotated[int, typer.Option(help="Tensor parallel size for --backend vllm.")]
-
-
-def _backend_config(cls: type, model: str, backend: str, base_url: str | None, api_key_env: str, concurrency: int,
-                    timeout: float, max_retries: int, temperature: float, top_p: float, max_tokens: int,
-                    cache: str | None, tensor_parallel_size: int, **extra: Any) -> Any:
-    return cls(model=model, backend=backend, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
-               timeout=timeout, max_retries=max_retries, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-               cache=cache, tensor_parallel_size=tensor_parallel_size, **extra)
 
 
 def _print_backend_stats(manifest: dict[str, Any]) -> None:
@@ -257,88 +247,92 @@ def generate(
     include: IncludeOpt = None,
     hub_id: HubIdOpt = None,
     tokenizer: TokenizerOpt = "approx",
-    min_tokens: MinTokOpt = 4096,
-    max_tokens: MaxTokOpt = 131072,
+    min_tokens: MinTokOpt = SelectConfig.min_tokens,
+    max_tokens: MaxTokOpt = SelectConfig.max_tokens,
     model: Annotated[str, typer.Option(help="Generator model (served name, or path/id for --backend vllm). "
                                             "Empty: stop after dedup.")] = "",
-    backend: BackendOpt = "openai",
+    backend: BackendOpt = BackendConfig.backend,
     base_url: BaseUrlOpt = None,
-    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
-    concurrency: ConcurrencyOpt = 64,
-    timeout: TimeoutOpt = 1800.0,
-    max_retries: RetriesOpt = 6,
-    temperature: TemperatureOpt = 0.6,
-    top_p: TopPOpt = 0.95,
-    max_new_tokens: MaxNewOpt = 16384,
+    api_key_env: ApiKeyEnvOpt = BackendConfig.api_key_env,
+    concurrency: ConcurrencyOpt = BackendConfig.concurrency,
+    timeout: TimeoutOpt = BackendConfig.timeout,
+    max_retries: RetriesOpt = BackendConfig.max_retries,
+    temperature: TemperatureOpt = GenerateSection.temperature,
+    top_p: TopPOpt = GenerateSection.top_p,
+    max_new_tokens: MaxNewOpt = GenerateSection.max_tokens,
     cache: CacheOpt = None,
-    tensor_parallel_size: TPOpt = 1,
+    tensor_parallel_size: TPOpt = BackendConfig.tensor_parallel_size,
     question_types: Annotated[str, typer.Option(help="Comma-separated question types, spread over documents.")] =
-        "summary,multi_part_retrieval,multi_hop,comprehensive,classification",
-    n_questions: Annotated[int, typer.Option(help="Pairs asked per document (one request per document).")] = 3,
-    judge_model: Annotated[str, typer.Option(help="Judge model for the filter stage (empty: no filtering).")] = "",
+        ",".join(GenerateSection().question_types),
+    n_questions: Annotated[int, typer.Option(help="Pairs asked per document (one request per document).")] =
+        GenerateSection.n_questions,
+    judge_model: Annotated[str, typer.Option(help="Judge model for the judge stage (empty: no judging). It samples "
+                                                  "with the --judge-* flags, not the generator's.")] = "",
     judge_base_url: Annotated[str | None, typer.Option(help="Judge server URL (default: --base-url).")] = None,
+    judge_temperature: Annotated[float, typer.Option(help="The judge's temperature (as `longblocks judge`).")] =
+        JudgeSection.temperature,
+    judge_top_p: Annotated[float, typer.Option(help="The judge's top_p (as `longblocks judge`).")] = JudgeSection.top_p,
+    judge_max_new_tokens: Annotated[int, typer.Option(help="The judge's max_tokens (as `longblocks judge`).")] =
+        JudgeSection.max_tokens,
     part_size: PartSizeOpt = 1000,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Run the pipeline for one source into a run directory: sample -> select -> dedup -> QA generation -> judge."""
-    from longblocks.pipeline import FilterSection, GenerateSection, PipelineConfig, run_pipeline
-    from longblocks.select import SelectConfig
+    from longblocks.config import PipelineConfig
+    from longblocks.pipeline import run_pipeline
 
-    shared = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
-                  max_retries=max_retries, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                  cache=cache, tensor_parallel_size=tensor_parallel_size)
+    endpoint = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
+                    max_retries=max_retries, tensor_parallel_size=tensor_parallel_size)
     cfg = PipelineConfig(
         out=out,
         source=_source_config(source, languages, per_language, quota, seed, text_field, include, hub_id),
         select=SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens),
-        generate=_backend_config(GenerateSection, model, base_url=base_url, question_types=question_types.split(","),
-                                 n_questions=n_questions, **shared),
-        filter=_backend_config(FilterSection, judge_model, base_url=judge_base_url or base_url,
-                               **{**shared, "cache": None}),
+        generate=GenerateSection(model=model, base_url=base_url, temperature=temperature, top_p=top_p,
+                                 max_tokens=max_new_tokens, cache=cache, question_types=question_types.split(","),
+                                 n_questions=n_questions, **endpoint),
+        judge=JudgeSection(model=judge_model, base_url=judge_base_url or base_url, temperature=judge_temperature,
+                           top_p=judge_top_p, max_tokens=judge_max_new_tokens, **endpoint),
         part_size=part_size,
     )
-    with progress_bars() as make:
-        manifests = run_pipeline(cfg, overwrite=overwrite, progress=make)
+    with progress_bars() as progress:
+        manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
     for stage, manifest in manifests.items():
         print_manifest(manifest, out / stage)
         _print_backend_stats(manifest)
 
 
-@app.command("filter")
+@app.command("judge")
 @friendly_errors
-def filter_cmd(
+def judge_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="QA records: a generate stage directory or parquet shards.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
     model: Annotated[str, typer.Option(help="Judge model (served name, or path/id for --backend vllm).")],
-    backend: BackendOpt = "openai",
+    backend: BackendOpt = JudgeSection.backend,
     base_url: BaseUrlOpt = None,
-    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
-    concurrency: ConcurrencyOpt = 64,
-    timeout: TimeoutOpt = 1800.0,
-    max_retries: RetriesOpt = 6,
-    temperature: TemperatureOpt = 0.0,
-    top_p: TopPOpt = 1.0,
-    max_new_tokens: MaxNewOpt = 8192,
+    api_key_env: ApiKeyEnvOpt = JudgeSection.api_key_env,
+    concurrency: ConcurrencyOpt = JudgeSection.concurrency,
+    timeout: TimeoutOpt = JudgeSection.timeout,
+    max_retries: RetriesOpt = JudgeSection.max_retries,
+    temperature: TemperatureOpt = JudgeSection.temperature,
+    top_p: TopPOpt = JudgeSection.top_p,
+    max_new_tokens: MaxNewOpt = JudgeSection.max_tokens,
     cache: CacheOpt = None,
-    tensor_parallel_size: TPOpt = 1,
+    tensor_parallel_size: TPOpt = JudgeSection.tensor_parallel_size,
     local_span_window: Annotated[int, typer.Option(help="Also reject answers whose words all fit in one window of "
-                                                        "this many document words (0: off).")] = 0,
+                                                        "this many document words (0: off).")] =
+        JudgeSection.local_span_window,
     part_size: PartSizeOpt = 500,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Judge QA pairs with an LLM (one request per document): keep what passes, record why the rest fail."""
-    from longblocks.judge import filter_qa
-    from longblocks.pipeline import FilterSection, phase_progress
+    from longblocks.pipeline import run_judge
 
-    section = _backend_config(FilterSection, model, backend, base_url, api_key_env, concurrency, timeout, max_retries,
-                              temperature, top_p, max_new_tokens, cache, tensor_parallel_size)
-    judge = section.build(out)
-    try:
-        with progress_bars() as make:
-            manifest = filter_qa(inp, out, judge, local_span_window=local_span_window, part_size=part_size,
-                                 overwrite=overwrite, on_progress=phase_progress(make))
-    finally:
-        judge.close()
+    section = JudgeSection(model=model, backend=backend, base_url=base_url, api_key_env=api_key_env,
+                           concurrency=concurrency, timeout=timeout, max_retries=max_retries, temperature=temperature,
+                           top_p=top_p, max_tokens=max_new_tokens, cache=cache,
+                           tensor_parallel_size=tensor_parallel_size, local_span_window=local_span_window)
+    with progress_bars() as progress:
+        manifest = run_judge(section, inp, out, part_size=part_size, overwrite=overwrite, progress=progress)
     print_manifest(manifest, out)
     _print_backend_stats(manifest)
 
@@ -346,7 +340,7 @@ def filter_cmd(
 @app.command("publish")
 @friendly_errors
 def publish_cmd(
-    inp: Annotated[Path, typer.Argument(metavar="IN", help="A run directory, or its filter/generate stage directory.")],
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="A run directory, or its judge/generate stage directory.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write data/ shards and README.md into.")],
     repo_id: Annotated[str, typer.Option(help="Repo id shown in the card's usage snippet.")] = "ORG/NAME",
     pretty_name: Annotated[str, typer.Option(help="Dataset name in the card.")] = "LongBlocks",
@@ -393,7 +387,8 @@ def run(
     """Run every stage a pipeline file declares; re-running resumes each stage where it stopped."""
     import tomllib
 
-    from longblocks.pipeline import load_pipeline, run_pipeline
+    from longblocks.config import load_pipeline
+    from longblocks.pipeline import run_pipeline
 
     overrides: dict[str, Any] = {}
     for item in set_ or []:
@@ -405,8 +400,8 @@ def run(
         except tomllib.TOMLDecodeError:
             overrides[key] = raw  # a bare string
     cfg = load_pipeline(pipeline, overrides)
-    with progress_bars() as make:
-        manifests = run_pipeline(cfg, overwrite=overwrite, progress=make)
+    with progress_bars() as progress:
+        manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
     for stage, manifest in manifests.items():
         print_manifest(manifest, cfg.out / stage)
 

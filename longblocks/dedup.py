@@ -7,10 +7,9 @@ candidates while they are verified.
 from __future__ import annotations
 
 import re
-import unicodedata
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from multiprocessing import get_context
@@ -22,15 +21,19 @@ import pyarrow as pa
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from longblocks.config import DedupConfig
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA, REJECTION_SCHEMA
 from longblocks.sources import is_code
+from longblocks.text import normalize_text
 from longblocks.store import (
     Outcome,
+    Progress,
     Rejection,
     StageWriter,
     count_rows,
     input_files,
+    no_progress,
     read_records,
     run_stage,
     write_table_atomic,
@@ -59,43 +62,8 @@ CLUSTERS_SCHEMA = pa.schema(
     [pa.field("id", pa.string()), pa.field("cluster_id", pa.string()), pa.field("cluster_size", pa.int64())]
 )
 
-_PUNCT_RE = re.compile(r"[^\w\s]|_", re.UNICODE)
-_DIGITS_RE = re.compile(r"\d+")
 _CODE_TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _POLY = np.uint64(0x100000001B3)  # FNV prime: odd, so the polynomial mixes every position
-
-
-@dataclass(frozen=True)
-class DedupConfig:
-    ngram: int = 5
-    bands: int = 14
-    rows: int = 8
-    seed: int = 1
-    threshold: float = 0.8
-
-    def __post_init__(self) -> None:
-        if self.ngram < 1 or self.bands < 1 or self.rows < 1:
-            raise LongBlocksError("ngram, bands and rows must be positive")
-        if not 0.0 < self.threshold <= 1.0:
-            raise LongBlocksError(f"threshold must be in (0, 1], got {self.threshold}")
-
-    @property
-    def num_perm(self) -> int:
-        return self.bands * self.rows
-
-    @property
-    def detection_probability_at_threshold(self) -> float:
-        """P(candidate) for a pair at exactly `threshold` Jaccard: 1 - (1 - s^r)^b."""
-        return 1.0 - (1.0 - self.threshold**self.rows) ** self.bands
-
-
-def normalize_text(text: str) -> str:
-    """Web-scale normalization: unicode NFKD without accents, lowercase, digits to 0,
-    punctuation removed, whitespace collapsed."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = _DIGITS_RE.sub("0", text)
-    return " ".join(_PUNCT_RE.sub(" ", text).split())
 
 
 def tokens(text: str, *, code: bool) -> list[str]:
@@ -263,7 +231,7 @@ def find_duplicates(
 
 
 def dedup(
-    in_path: str | Path,
+    in_path: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     cfg: DedupConfig,
     *,
@@ -272,44 +240,26 @@ def dedup(
     redis_url: str | None = None,
     part_size: int = 1000,
     overwrite: bool = False,
-    on_progress: Callable[[str, int, int | None], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write the kept documents of IN to OUT; near-duplicates go to `rejected/` with their cluster,
-    survivor and measured Jaccard; `clusters.parquet` lists every document's cluster."""
-    files = input_files(in_path)
+    """Write the kept documents of IN (one or several stage directories or shard sets, deduplicated
+    as one pool: the survivors do not depend on their order) to OUT; near-duplicates go to
+    `rejected/` with their cluster, survivor and measured Jaccard; `clusters.parquet` lists every
+    document's cluster."""
+    inputs = [in_path] if isinstance(in_path, (str, Path)) else list(in_path)
+    files = [f for path in inputs for f in input_files(path)]
     out_dir = Path(out_dir)
     total = count_rows(files)
     params = {**asdict(cfg), "inputs": [str(Path(f).resolve()) for f in files]}
-    progress = on_progress or (lambda phase, n, total: None)
+    progress = on_progress or no_progress
 
     def documents() -> Iterator[dict[str, Any]]:
         return read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA])
 
     # 1. Signatures, resumable like any stage (hashing is the expensive part).
-    sig_writer = StageWriter(out_dir / "signatures", stage="minhash", schema=SIGNATURE_SCHEMA, params=params,
-                             part_size=part_size, overwrite=overwrite)
     progress("minhash", 0, total)
-    if workers > 1:
-        pool = get_context("spawn").Pool(workers)
-        chunk = 8
-
-        def process(batch: list[dict[str, Any]]) -> list[Outcome]:
-            chunks = [(batch[i : i + chunk], cfg) for i in range(0, len(batch), chunk)]
-            sigs = [s for part in pool.map(_sketch_batch, chunks) for s in part]
-            return [Outcome(s["id"], kept=[s]) for s in sigs]
-    else:
-        pool = None
-
-        def process(batch: list[dict[str, Any]]) -> list[Outcome]:
-            return [Outcome(d["id"], kept=[sketch(d, cfg)]) for d in batch]
-
-    try:
-        run_stage(documents(), sig_writer, process, batch_size=16 * max(workers, 1) * 4,
-                  on_progress=lambda n: progress("minhash", n, None))
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    _write_signatures(documents(), out_dir / "signatures", cfg, params, workers=workers, part_size=part_size,
+                      overwrite=overwrite, on_progress=lambda n: progress("minhash", n, None))
 
     # 2-3. Candidates and verified clusters (recomputed on restart: cheap next to hashing).
     result = find_duplicates(
@@ -337,7 +287,32 @@ def dedup(
 
     progress("write", 0, total)
     run_stage(documents(), writer, decide, on_progress=lambda n: progress("write", n, None))
+    return writer.finish(dedup=_write_clusters(files, out_dir, result, cfg))
 
+
+def _write_signatures(documents: Iterator[dict[str, Any]], out_dir: Path, cfg: DedupConfig, params: dict[str, Any], *,
+                      workers: int, part_size: int, overwrite: bool, on_progress: Callable[[int], None]) -> None:
+    """MinHash signatures as a resumable sub-stage, hashed in `workers` processes."""
+    writer = StageWriter(out_dir, stage="minhash", schema=SIGNATURE_SCHEMA, params=params, part_size=part_size,
+                         overwrite=overwrite)
+    pool = get_context("spawn").Pool(workers) if workers > 1 else None
+
+    def process(batch: list[dict[str, Any]]) -> list[Outcome]:
+        if pool is None:
+            return [Outcome(d["id"], kept=[sketch(d, cfg)]) for d in batch]
+        chunks = [(batch[i : i + 8], cfg) for i in range(0, len(batch), 8)]
+        return [Outcome(s["id"], kept=[s]) for part in pool.map(_sketch_batch, chunks) for s in part]
+
+    try:
+        run_stage(documents, writer, process, batch_size=16 * max(workers, 1) * 4, on_progress=on_progress)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
+def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: DedupConfig) -> dict[str, Any]:
+    """`clusters.parquet` and the manifest's dedup report (parameters, versions, counts per source)."""
     clusters = []
     by_source: dict[str, Counter[str]] = defaultdict(Counter)
     for row in read_records(files, columns=["id", "source"]):
@@ -346,7 +321,7 @@ def dedup(
         by_source[row["source"]]["input"] += 1
         by_source[row["source"]]["kept" if keep == row["id"] else "removed"] += 1
     write_table_atomic(pa.Table.from_pylist(clusters, schema=CLUSTERS_SCHEMA), out_dir / "clusters.parquet")
-    report = {
+    return {
         "parameters": {
             **asdict(cfg),
             "num_perm": cfg.num_perm,
@@ -363,4 +338,3 @@ def dedup(
         "clusters": len(result.cluster_sizes),
         "by_source": {source: dict(counts) for source, counts in sorted(by_source.items())},
     }
-    return writer.finish(dedup=report)

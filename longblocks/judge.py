@@ -6,16 +6,17 @@ passes and records reason codes for what fails. Must not rewrite questions or an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longblocks.backends import Completion, Messages
-from longblocks.dedup import normalize_text
-from longblocks.qa import prompt_hashes, prompt_text
-from longblocks.records import qa_schema
-from longblocks.store import Outcome, Rejection, StageWriter, count_rows, input_files, read_records
+import pyarrow.parquet as pq
+
+from longblocks.backends import Backend, Completion, Messages
+from longblocks.records import qa_schema, response_models
+from longblocks.store import Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records
+from longblocks.text import normalize_text, prompt_hashes, prompt_text
 
 CHECKS = {  # check -> reason code when it fails
     "well_formed": "malformed",
@@ -142,18 +143,18 @@ def _groups(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]
         yield group
 
 
-def filter_qa(
-    in_path: str | Path, out_dir: str | Path, backend: Any, *, local_span_window: int = 0, part_size: int = 500,
-    overwrite: bool = False, on_progress: Callable[..., None] | None = None,
+def judge_qa(
+    in_path: str | Path, out_dir: str | Path, backend: Backend, *, local_span_window: int = 0, part_size: int = 500,
+    overwrite: bool = False, on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """QA records of IN judged into OUT: passes kept with their verdict, failures in `rejected/`."""
     files = input_files(in_path)
     provenance = {**backend.describe(), "prompt_sha256": prompt_hashes(["judge"]), "local_span_window": local_span_window}
     params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
-    schema = qa_schema([c[len("response_"):] for c in _response_columns(files)])
-    writer = StageWriter(out_dir, stage="filter", schema=schema, params=params, inputs=[str(f) for f in files],
+    schema = qa_schema(response_models(pq.ParquetFile(files[0]).schema_arrow.names))
+    writer = StageWriter(out_dir, stage="judge", schema=schema, params=params, inputs=[str(f) for f in files],
                          part_size=part_size, overwrite=overwrite)
-    progress = on_progress or (lambda phase, n, total, **stats: None)
+    progress = on_progress or no_progress
     progress("judge", 0, count_rows(files))
     groups = (g for g in _groups(read_records(files)) if not all(writer.is_consumed(r["id"]) for r in g))
     kept = failed = 0
@@ -164,10 +165,4 @@ def filter_qa(
             failed += len(outcome.rejected)
         progress("judge", len(group), None, kept=kept, rejected=failed, in_flight=backend.stats.in_flight)
     return writer.finish(judge=provenance)
-
-
-def _response_columns(files: list[Path]) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return [n for n in pq.ParquetFile(files[0]).schema_arrow.names if n.startswith("response_")]
 

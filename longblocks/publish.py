@@ -15,12 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longblocks.errors import LongBlocksError
-from longblocks.records import PROVENANCE_COLUMNS, published_column_names
+from longblocks.records import PROVENANCE_COLUMNS, published_column_names, response_columns
 from longblocks.sources import REGISTRY
-from longblocks.store import MANIFEST, count_rows, input_files, read_manifest
+from longblocks.store import MANIFEST, STAGES, count_rows, input_files, read_manifest
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
-STAGE_ORDER = ("sample", "select", "dedup", "generate", "filter")
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                     (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")]
 
@@ -44,10 +43,10 @@ def _run_dir_and_stage(path: Path) -> tuple[Path, Path]:
     """(run directory, QA stage directory) from either a run directory or a stage directory."""
     if (path / MANIFEST).exists():
         return path.parent, path
-    for stage in ("filter", "generate"):
+    for stage in ("judge", "generate"):
         if (path / stage / MANIFEST).exists():
             return path, path / stage
-    raise LongBlocksError(f"{path} is neither a QA stage directory nor a run directory with generate/ or filter/")
+    raise LongBlocksError(f"{path} is neither a QA stage directory nor a run directory with generate/ or judge/")
 
 
 def _table_columns(files: list[Path], working: bool) -> list[str]:
@@ -151,7 +150,7 @@ def publish(
             stats[key].update(table[key].to_pylist())
         doc_ids.update(table["doc_id"].to_pylist())
     n_rows = sum(stats["source"].values())
-    manifests = {s: read_manifest(run_dir / s) for s in STAGE_ORDER if (run_dir / s / MANIFEST).exists()}
+    manifests = {s: read_manifest(run_dir / s) for s in STAGES if (run_dir / s / MANIFEST).exists()}
     source_names = sorted(stats["source"])
     license_id, license_text = _license(source_names, license)
     source_datasets = sorted({REGISTRY[n].hub_id for n in source_names if n in REGISTRY})
@@ -166,14 +165,14 @@ def publish(
                for n, c in stats["source"].most_common()]
     stages = [{"name": s, "consumed": m["inputs"]["consumed"], "kept": m["outputs"]["kept"],
                "rejected": ", ".join(f"{r} {n}" for r, n in m.get("rejected", {}).items())} for s, m in manifests.items()]
-    final = manifests.get("filter") or manifests.get("generate") or {}
+    final = manifests.get("judge") or manifests.get("generate") or {}
     card = DatasetCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, n_rows=n_rows,
         n_documents=len(doc_ids), sources=sources, languages=stats["language"].most_common(),
         question_types=stats["question_type"].most_common(), stages=stages,
         dedup=manifests.get("dedup", {}).get("dedup"), generation=manifests.get("generate", {}).get("generation"),
-        judge=manifests.get("filter", {}).get("judge"), license_text=license_text,
-        response_columns=[c for c in columns if c.startswith("response_")],
+        judge=manifests.get("judge", {}).get("judge"), license_text=license_text,
+        response_columns=response_columns(columns),
         versions=final.get("versions", {"longblocks": "?"}),
     )
     card.save(out / "README.md")

@@ -5,20 +5,16 @@ Must not judge quality beyond form: the judge stage does that.
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from longblocks.backends import Completion, Messages
-from longblocks.errors import LongBlocksError
-from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema
-from longblocks.store import Outcome, Rejection, StageWriter, count_rows, input_files, read_records
+from longblocks.backends import Backend, Completion, Messages
+from longblocks.config import GenerateConfig
+from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema, response_column
+from longblocks.text import prompt_hashes, prompt_text
+from longblocks.store import Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records
 
-QUESTION_TYPES = ("summary", "multi_part_retrieval", "multi_hop", "comprehensive", "classification")
 LANGUAGE_NAMES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
     "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian", "cs": "Czech", "sv": "Swedish",
@@ -38,14 +34,6 @@ _REFERENTIAL_RE = re.compile(
     r"\b(the (?:given |above |provided )?(?:text|document|passage|excerpt|article)|(?:this|above) (?:text|passage|document))\b",
     re.IGNORECASE,
 )
-
-
-def prompt_text(name: str) -> str:
-    return resources.files("longblocks.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")
-
-
-def prompt_hashes(names: tuple[str, ...] | list[str]) -> dict[str, str]:
-    return {n: hashlib.sha256(prompt_text(n).encode()).hexdigest()[:16] for n in (*names, "_format")}
 
 
 def language_name(code: str) -> str:
@@ -142,27 +130,14 @@ def completion_outcome(
             "language": doc["language"], "question": question, "answer": answer, "doc_id": doc_id,
             "question_type": question_type, "generator": generator, "judge_verdict": None, "judge_reasons": [],
         }
-        record.update({f"response_{m}": None for m in response_models})
+        record.update({response_column(m): None for m in response_models})
         kept.append(record)
     return Outcome(doc_id, kept=kept, rejected=rejected)
 
 
-@dataclass(frozen=True)
-class GenerateConfig:
-    question_types: tuple[str, ...] = QUESTION_TYPES
-    n_questions: int = 3
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.question_types if t not in QUESTION_TYPES]
-        if unknown or not self.question_types:
-            raise LongBlocksError(f"unknown question type(s) {unknown}; choose from {', '.join(QUESTION_TYPES)}")
-        if self.n_questions < 1:
-            raise LongBlocksError("n_questions must be at least 1")
-
-
 def generate_qa(
-    in_path: str | Path, out_dir: str | Path, cfg: GenerateConfig, backend: Any, *, part_size: int = 100,
-    overwrite: bool = False, on_progress: Callable[..., None] | None = None,
+    in_path: str | Path, out_dir: str | Path, cfg: GenerateConfig, backend: Backend, *, part_size: int = 100,
+    overwrite: bool = False, on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Documents of IN -> QA records in OUT (resumable; finished requests live in the cache)."""
     files = input_files(in_path)
@@ -171,7 +146,7 @@ def generate_qa(
     params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
     writer = StageWriter(out_dir, stage="generate", schema=qa_schema(), params=params, inputs=[str(f) for f in files],
                          part_size=part_size, overwrite=overwrite)
-    progress = on_progress or (lambda phase, n, total, **stats: None)
+    progress = on_progress or no_progress
     progress("generate", 0, count_rows(files))
     todo = (d for d in read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]) if not writer.is_consumed(d["id"]))
     pairs_kept = pairs_rejected = 0

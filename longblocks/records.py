@@ -65,6 +65,16 @@ def response_column(model: str) -> str:
     return RESPONSE_PREFIX + name
 
 
+def response_columns(columns: list[str] | tuple[str, ...]) -> list[str]:
+    """The `response_<model>` columns among `columns`, in their order."""
+    return [c for c in columns if c.startswith(RESPONSE_PREFIX)]
+
+
+def response_models(columns: list[str] | tuple[str, ...]) -> list[str]:
+    """The model suffixes of the `response_<model>` columns among `columns`."""
+    return [c[len(RESPONSE_PREFIX):] for c in response_columns(columns)]
+
+
 def qa_schema(response_models: list[str] | tuple[str, ...] = (), *, provenance: bool = True) -> pa.Schema:
     """Schema of QA records: the published LongBlocks columns, one `response_<model>` column per
     answering model, then (in working shards) our provenance columns."""
@@ -111,4 +121,4 @@ def make_document(
 
 def published_column_names(schema: pa.Schema) -> list[str]:
     """The columns of `schema` that go to the Hub: LongBlocks' own, then `response_<model>` ones."""
-    return list(PUBLISHED_COLUMNS) + [n for n in schema.names if n.startswith(RESPONSE_PREFIX)]
+    return list(PUBLISHED_COLUMNS) + response_columns(schema.names)

@@ -4,14 +4,14 @@ stage directory. Must not judge length or quality (select does); unusable raw it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA
 from longblocks.sources import Source
-from longblocks.store import Outcome, StageWriter
+from longblocks.store import Outcome, Progress, StageWriter, no_progress
 
 
 def sample(
@@ -22,7 +22,7 @@ def sample(
     seed: int = 0,
     part_size: int = 1000,
     overwrite: bool = False,
-    on_progress: Callable[[dict[str, int]], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write up to `quotas[language]` documents per language (all of them when `quotas` is None).
 
@@ -44,6 +44,9 @@ def sample(
     writer = StageWriter(out_dir, stage="sample", schema=DOCUMENT_SCHEMA, params=params, part_size=part_size, overwrite=overwrite)
     counts = writer.kept_counts_by("language")
     rejected = sum(writer.manifest["rejected"].values())
+    progress = on_progress or no_progress
+    progress("sample", 0, sum(quotas.values()) if quotas is not None else None)
+    progress("sample", sum(counts.values()), None, kept=sum(counts.values()), rejected=rejected)
 
     def full(language: str) -> bool:
         return quotas is not None and counts[language] >= quotas.get(language, 0)
@@ -62,8 +65,7 @@ def sample(
                     continue
                 writer.add(Outcome(doc["id"], kept=[doc]))
                 counts[doc["language"]] += 1
-            if on_progress:
-                on_progress({"kept": sum(counts.values()), "rejected": rejected})
+            progress("sample", candidate.document is not None, None, kept=sum(counts.values()), rejected=rejected)
             if quotas is not None and all(full(lang) for lang in quotas):
                 break
     return writer.finish(kept_by_language=dict(sorted(counts.items())), license=source.license)

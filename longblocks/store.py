@@ -6,6 +6,7 @@ Must not know what a stage does: stages hand it kept records and rejections per 
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import platform
@@ -15,11 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from longblocks.config import STAGES  # noqa: F401  (re-exported: the store names its stages)
 from longblocks.errors import LongBlocksError
 from longblocks.records import REJECTION_SCHEMA
 
@@ -27,6 +29,17 @@ MANIFEST = "manifest.json"
 DATA_DIR = "data"
 REJECTED_DIR = "rejected"
 CONSUMED_DIR = "consumed"
+
+
+class Progress(Protocol):
+    """The one progress callback every stage takes: `phase` names a bar (a stage may have several),
+    `advance` moves it, `total` (once, when known) sizes it, and `stats` are shown beside it."""
+
+    def __call__(self, phase: str, advance: int, total: int | None, /, **stats: int) -> None: ...
+
+
+def no_progress(phase: str, advance: int, total: int | None, /, **stats: int) -> None:
+    """The callback used when a caller passes none."""
 CONSUMED_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False)])
 _VERSIONED_PACKAGES = ("longblocks", "datasets", "pyarrow", "datasketch", "transformers", "tokenizers", "openai")
 
@@ -97,6 +110,48 @@ def read_records(
             )
         for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None):
             yield from batch.to_pylist()
+
+
+class ParquetRows:
+    """Random access to the rows of parquet files (e.g. a stage's committed parts) without loading
+    them: `len()` from the footers, `rows[i]` reads the row group holding row i (the last few row
+    groups are kept). For trainers that draw rows in a shuffled order from large shards."""
+
+    def __init__(self, files: Sequence[Path], columns: Sequence[str] | None = None, cache_groups: int = 4) -> None:
+        self.files = [pq.ParquetFile(f) for f in files]
+        self.columns = list(columns) if columns else None
+        self.cache_groups = cache_groups
+        self._index: list[tuple[int, int, int]] = []  # (first row, file, row group)
+        first = 0
+        for f, parquet in enumerate(self.files):
+            for g in range(parquet.metadata.num_row_groups):
+                self._index.append((first, f, g))
+                first += parquet.metadata.row_group(g).num_rows
+        self._len = first
+        self._starts = [start for start, _, _ in self._index]
+        self._cache: dict[int, list[dict[str, Any]]] = {}
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.columns or (self.files[0].schema_arrow.names if self.files else [])
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        slot = bisect.bisect_right(self._starts, i) - 1
+        if slot not in self._cache:
+            if len(self._cache) >= self.cache_groups:
+                self._cache.pop(next(iter(self._cache)))
+            _, f, g = self._index[slot]
+            self._cache[slot] = self.files[f].read_row_group(g, columns=self.columns).to_pylist()
+        return self._cache[slot][i - self._starts[slot]]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for i in range(self._len):
+            yield self[i]
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:

@@ -83,6 +83,7 @@ class ScriptedServer(LocalServer):
     def __init__(self, *, delay: float = 0.0, slow_first: float = 0.0) -> None:
         self.requests: Counter[str] = Counter()
         self.prompts: list[str] = []
+        self.judge_sampling: list[tuple[Any, ...]] = []  # (temperature, top_p, max_tokens, seed) per judge request
         self.fail_first: dict[str, tuple[int, int]] = {"rate_limited": (2, 429), "flaky": (1, 500), "broken": (10**6, 500)}
         self.delay, self.slow_first = delay, slow_first
         self.serve(Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -100,6 +101,8 @@ class ScriptedServer(LocalServer):
         judge = prompt.startswith("You are checking")
         key = f"judge:{mode}" if judge else mode
         self.requests[key] += 1
+        if judge:
+            self.judge_sampling.append(tuple(body.get(k) for k in ("temperature", "top_p", "max_tokens", "seed")))
         count = self.requests[key]
         assert body.get("max_tokens") and "temperature" in body, "sampling must be explicit"
         if self.delay:

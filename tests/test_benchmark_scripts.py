@@ -17,6 +17,13 @@ def test_kernel_benchmark_runs_in_smoke_mode() -> None:
     assert len(rows) == 6 and all(r.split("|")[3].strip().endswith("GiB") for r in rows)  # ours measured in every case
 
 
+def test_rollout_benchmark_runs_in_smoke_mode() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_rollout.py"), "--smoke"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    rows = [l for l in result.stdout.splitlines() if l.startswith("| batched") or l.startswith("| per-prompt")]
+    assert len(rows) == 2 and "device:" in result.stdout
+
+
 def test_dedup_benchmark_runs_on_a_few_documents() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dedup.py"), "--docs", "4", "--words", "500"],
                             capture_output=True, text=True, timeout=300, check=True)

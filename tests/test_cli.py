@@ -62,3 +62,29 @@ def test_sft_and_rl_without_a_model_are_one_line_errors() -> None:
     for command in ("sft", "rl"):
         result = cli("dgrpo-train", command, check=False)
         assert result.returncode == 2 and "model.path is required" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_model_teacher_tokenizer_and_data_are_one_line_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Every path the trainer loads, when wrong, ends in one red line naming it (no transformers
+    or datasets traceback), in-process through the CLI's own error handling."""
+    from typer.testing import CliRunner
+
+    from conftest import longblocks_parquet
+    from trainer.cli import app
+
+    data = longblocks_parquet(tmp_path / "lb.parquet", 4)
+    base = [f"--data.long=[{{path='{data}'}}]", f"--run.out={tmp_path / 'out'}", "--run.tensorboard=false"]
+    cases = [
+        (["sft", f"--model.path={tmp_path / 'no-model'}", *base], "could not load tokenizer"),
+        (["sft", f"--model.path={tiny_model_dir}", f"--model.tokenizer={tmp_path / 'no-tok'}", *base],
+         "could not load tokenizer"),
+        (["sft", f"--model.path={tiny_model_dir}", f"--data.long=[{{path='{tmp_path / 'none.parquet'}'}}]",
+          f"--run.out={tmp_path / 'o2'}"], "does not exist"),
+        (["rl", f"--model.path={tiny_model_dir}", *base, "--objective.beta=1", "--teacher.source=local",
+          f"--teacher.path={tmp_path / 'no-teacher'}"], "could not load model"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2, (args, result.output[-2000:])
+        assert message in lines[-1] and "Traceback" not in result.output, (args, result.output[-2000:])

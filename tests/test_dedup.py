@@ -18,7 +18,8 @@ import pytest
 
 from dedup_corpus import planted_corpus
 from openai_double import _free_port
-from longblocks.dedup import DedupConfig, dedup, jaccard, normalize_text, shingle_hashes
+from longblocks.dedup import DedupConfig, dedup, jaccard, shingle_hashes
+from longblocks.text import normalize_text
 from longblocks.records import DOCUMENT_SCHEMA, make_document
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from longblocks.errors import LongBlocksError
-from longblocks.pipeline import load_pipeline
+from longblocks.config import load_pipeline
 from longblocks.sources import REGISTRY
 
 PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"))

@@ -81,7 +81,7 @@ def test_sample_resumes_without_loss_or_duplicates(hub_like_dataset: Path, tmp_p
     sample(source, tmp_path / "ref", quotas=quotas, seed=3, part_size=4)
     calls = 0
 
-    def crash(_: dict) -> None:
+    def crash(phase: str, advance: int, total: int | None, **stats: int) -> None:
         nonlocal calls
         calls += 1
         if calls == 13:

@@ -111,7 +111,7 @@ def test_select_in_process_interrupt_then_resume(tmp_path: Path) -> None:
     select(corpus, tmp_path / "ref", cfg, part_size=20)
     seen = 0
 
-    def crash(n: int) -> None:
+    def crash(phase: str, n: int, total: int | None, **stats: int) -> None:
         nonlocal seen
         seen += n
         if seen > 130:

@@ -6,6 +6,7 @@ Must not decide when to save: the recipes do.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -86,12 +87,16 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def export_pretrained(causal_lm: torch.nn.Module, tokenizer: Any, directory: Path) -> Path:
-    """A `save_pretrained` folder (full weights gathered from every shard) plus the tokenizer."""
+def export_pretrained(causal_lm: torch.nn.Module, tokenizer: Any, directory: Path, dtype: torch.dtype) -> Path:
+    """A `save_pretrained` folder in the compute `dtype` (full weights gathered from every shard,
+    cast from the fp32 master weights) plus the tokenizer."""
     full = get_model_state_dict(causal_lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if _rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
-        causal_lm.save_pretrained(directory, state_dict=full)
+        causal_lm.save_pretrained(directory, state_dict={k: v.to(dtype) for k, v in full.items()})
+        config = copy.deepcopy(causal_lm.config)  # save_pretrained records the parameters' dtype (fp32)
+        config.dtype = dtype
+        config.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
     if dist.is_initialized():
         dist.barrier()

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="dGRPO trainer: SFT cold start on a short/long token mixture, then GRPO's clipped objective plus "
@@ -34,12 +35,9 @@ def sft(
     from trainer.sft import train
 
     try:
-        cfg = load_config(SFTConfig, config, list(ctx.args))
-        if not cfg.model.path:
-            raise ConfigError("model.path is required (a local folder or Hub id)")
-        train(cfg)
+        train(load_config(SFTConfig, config, list(ctx.args)))
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -65,7 +63,7 @@ replayed rollouts, `--data.replay=DIR`). Rollouts with `--rollout.engine=hf` (tr
     try:
         train(load_config(RLConfig, config, list(ctx.args)))
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -96,7 +94,7 @@ def eval(  # noqa: A001 - the command is named eval
                             seed=seed, haystack=haystack, qa_data=qa_data, dtype=dtype,
                             trust_remote_code=trust_remote_code))
     except (ConfigError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

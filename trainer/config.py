@@ -18,14 +18,33 @@ class ConfigError(ValueError):
     """A configuration the user must fix; the CLI prints it as one line."""
 
 
+DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
+
+
+def _choice(where: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
 @dataclasses.dataclass
 class ModelConfig:
     path: str = ""  # local folder or Hub id
     tokenizer: str | None = None  # default: same as path
     trust_remote_code: bool = False
-    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # The compute dtype (auto: bf16 on CUDA, fp32 on CPU). Parameters and optimizer state stay fp32
+    # (master weights); forward and backward run in this dtype (autocast, or FSDP2's mixed precision).
+    dtype: str = "auto"
     attn_implementation: str | None = None  # e.g. flash_attention_2 (varlen packing) or sdpa
     gradient_checkpointing: bool = True
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: fp32 parameters, gradients and AdamW state live in host memory
+
+    def __post_init__(self) -> None:
+        _choice("model.dtype", self.dtype, DTYPES)
+
+
+def _need_model(model: ModelConfig) -> None:
+    if not model.path:
+        raise ConfigError("model.path is required (a local folder or Hub id)")
 
 
 @dataclasses.dataclass
@@ -35,6 +54,11 @@ class DataSource:
     name: str | None = None  # Hub config
     target: str = "answer"  # LongBlocks rows: `answer` or a `response_<model>` column
     prompt: str = "{document}\n\n{question}"
+
+
+def _mixture(where: str, short_fraction: float) -> None:
+    if not 0.0 <= short_fraction < 1.0:
+        raise ConfigError(f"{where}.short_fraction must be in [0, 1); got {short_fraction}")
 
 
 @dataclasses.dataclass
@@ -47,6 +71,10 @@ class DataConfig:
     pack: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _mixture("data", self.short_fraction)
+        _choice("data.overlong", self.overlong, ("drop", "truncate"))
+
 
 @dataclasses.dataclass
 class OptimConfig:
@@ -57,6 +85,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     max_grad_norm: float = 1.0
     steps: int = 100
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.steps < 1 or self.warmup_steps < 0:
+            raise ConfigError("optim: lr must be > 0, steps >= 1, warmup_steps >= 0")
 
 
 @dataclasses.dataclass
@@ -83,64 +115,117 @@ class SFTConfig:
     optim: SFTOptimConfig = dataclasses.field(default_factory=SFTOptimConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        _need_model(self.model)
+        if not self.data.long:
+            raise ConfigError("data.long is empty: give at least one [[data.long]] source")
+
 
 # -- dGRPO ---------------------------------------------------------------------------------------
-ESTIMATORS = ("full", "topk", "k1", "k2", "k3")  # full/topk: exact per-token KL from the kernels
+ESTIMATORS = ("full", "topk", "k1", "k2", "k3")  # full/topk: exact per-token KL from the policy head
 COMBINES = ("loss", "advantage")
+DIRECTIONS = ("reverse", "forward")
 AGGREGATIONS = ("seq-mean", "token-mean", "seq-sum-norm")
+# (estimator, combine, direction) whose expected gradient on the student's own tokens is the
+# gradient of the divergence named by `direction` (derivations in objectives.py). Everything else
+# is refused: k1 as a loss has zero expected gradient, the exact KL folded into the advantage too
+# (it depends on the state only), k2 and k3 in the advantage follow no divergence, and k3 as a loss
+# follows the forward KL, not the reverse.
+TEACHER_TERMS = {
+    ("full", "loss", "reverse"), ("full", "loss", "forward"),
+    ("topk", "loss", "reverse"), ("topk", "loss", "forward"),
+    ("k2", "loss", "reverse"),
+    ("k1", "advantage", "reverse"),
+    ("k3", "loss", "forward"),
+}
+TEACHER_TERMS_HELP = ("full or topk with combine=loss (reverse or forward); k2 with combine=loss (reverse); "
+                      "k1 with combine=advantage (reverse); k3 with combine=loss (forward)")
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    beta: float = 0.0  # weight of KL(pi_theta || pi_teacher); 0 is GRPO
+    beta: float = 0.0  # weight of the teacher KL; 0 is GRPO
     eps_low: float = 0.2
     eps_high: float = 0.2  # > eps_low is DAPO's clip-higher
     estimator: str = "full"  # full | topk | k1 | k2 | k3
-    combine: str = "loss"  # loss (the paper) | advantage (A_it - beta * KL_it)
+    combine: str = "loss"  # loss (the paper) | advantage (A_it - beta * KL_it, detached)
+    direction: str = "reverse"  # reverse: KL(student || teacher), the paper; forward: KL(teacher || student)
+    top_k: int = 20  # teacher log-probs kept per token for estimator = topk
     aggregation: str = "seq-mean"  # seq-mean (as written) | token-mean | seq-sum-norm
     norm_constant: float = 1.0  # seq-sum-norm: each sequence's sum is divided by this (e.g. max length)
     scale_std: bool = True  # divide group-centred rewards by the group's std
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("estimator", self.estimator, ESTIMATORS), ("combine", self.combine, COMBINES),
-                                     ("aggregation", self.aggregation, AGGREGATIONS)):
-            if value not in allowed:
-                raise ConfigError(f"objective.{name} must be one of {allowed}, got {value!r}")
-        if self.eps_low < 0 or self.eps_high < 0 or self.beta < 0 or self.norm_constant <= 0:
-            raise ConfigError("objective: eps_low, eps_high and beta must be >= 0, norm_constant > 0")
+        _choice("objective.estimator", self.estimator, ESTIMATORS)
+        _choice("objective.combine", self.combine, COMBINES)
+        _choice("objective.direction", self.direction, DIRECTIONS)
+        _choice("objective.aggregation", self.aggregation, AGGREGATIONS)
+        if self.eps_low < 0 or self.eps_high < 0 or self.beta < 0 or self.norm_constant <= 0 or self.top_k < 1:
+            raise ConfigError("objective: eps_low, eps_high and beta must be >= 0, norm_constant > 0, top_k >= 1")
+        if (self.estimator, self.combine, self.direction) not in TEACHER_TERMS:
+            raise ConfigError(
+                f"objective: estimator={self.estimator}, combine={self.combine}, direction={self.direction} does not "
+                f"follow the gradient of that KL; valid: {TEACHER_TERMS_HELP}")
+
+
+@dataclasses.dataclass
+class ServedConfig:
+    """An OpenAI-compatible endpoint scoring the student's tokens (vLLM's prompt_logprobs)."""
+
+    base_url: str = ""  # e.g. http://127.0.0.1:8000/v1
+    model: str = ""  # the model name the server knows
+    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key (the key itself is never in a config)
+    protocol: str = "prompt_logprobs"  # prompt_logprobs (vLLM) | echo (completions echo + logprobs)
+    concurrency: int = 16
+    timeout: float = 600.0
+    max_retries: int = 6
+
+    def __post_init__(self) -> None:
+        _choice("teacher.served.protocol", self.protocol, ("prompt_logprobs", "echo"))
 
 
 @dataclasses.dataclass
 class TeacherConfig:
     source: str = "none"  # none | local | served | precomputed
     path: str = ""  # local: model folder or Hub id (same vocabulary as the student)
-    dtype: str = "auto"
+    dtype: str = "auto"  # local: loaded in this dtype (no master copy: the teacher is not trained)
     trust_remote_code: bool = False
-    base_url: str = ""  # served: e.g. http://127.0.0.1:8000/v1
-    model: str = ""  # served: the model name the server knows
-    api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key (the key itself is never in a config)
-    protocol: str = "prompt_logprobs"  # served: prompt_logprobs (vLLM) | echo (completions echo + logprobs)
-    concurrency: int = 16
-    timeout: float = 600.0
-    max_retries: int = 6
-    top_k: int = 20  # teacher log-probs kept per token for the topk estimator
-    kl_temperature: float = 1.0  # both distributions in the KL term
-    direction: str = "reverse"  # reverse: KL(student || teacher), the paper; forward: KL(teacher || student)
+    served: ServedConfig = dataclasses.field(default_factory=ServedConfig)
+
+    def __post_init__(self) -> None:
+        _choice("teacher.source", self.source, ("none", "local", "served", "precomputed"))
+        _choice("teacher.dtype", self.dtype, DTYPES)
+        if self.source == "local" and not self.path:
+            raise ConfigError("teacher.source = 'local' needs teacher.path")
+        if self.source == "served" and not (self.served.base_url and self.served.model):
+            raise ConfigError("teacher.source = 'served' needs teacher.served.base_url and teacher.served.model")
 
 
 @dataclasses.dataclass
 class RolloutConfig:
-    engine: str = "hf"  # hf (transformers generate, any device) | vllm (colocated vllm.LLM)
+    engine: str = "hf"  # hf (transformers, our sampling loop, any device) | vllm (colocated vllm.LLM)
     prompts_per_step: int = 8
     group_size: int = 8  # G completions per prompt
     max_new_tokens: int = 1024
+    # The student's sampling temperature, and the temperature of both policies in the KL term: the
+    # teacher is always scored at the temperature the student samples at.
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0: off
     old_logprobs: str = "recompute"  # recompute (training forward before the update) | behaviour (engine's)
+    prompts_per_batch: int = 0  # hf engine: prompts sampled together (0: all of a rank's prompts of a step)
     vllm_gpu_memory_utilization: float = 0.3
     vllm_max_model_len: int = 0  # 0: the model's
     save: bool = True  # write each step's rollouts to run.out/rollouts/ (replayable)
+
+    def __post_init__(self) -> None:
+        _choice("rollout.engine", self.engine, ("hf", "vllm"))
+        _choice("rollout.old_logprobs", self.old_logprobs, ("recompute", "behaviour"))
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+            raise ConfigError("rollout: temperature >= 0, 0 < top_p <= 1, top_k >= 0, max_new_tokens >= 1")
+        if self.old_logprobs == "behaviour" and (self.top_p < 1 or self.top_k > 0):
+            raise ConfigError("rollout.old_logprobs = 'behaviour' needs the untruncated sampling distribution "
+                              "(top_p = 1, top_k = 0); with top-p/top-k use recompute")
 
 
 @dataclasses.dataclass
@@ -156,10 +241,15 @@ class RewardConfig:
 
 @dataclasses.dataclass
 class RLDataConfig:
-    prompts: list[DataSource] = dataclasses.field(default_factory=list)
+    long: list[DataSource] = dataclasses.field(default_factory=list)  # long-context prompts
+    short: list[DataSource] = dataclasses.field(default_factory=list)  # short prompts (regression guard)
+    short_fraction: float = 0.1  # of prompt tokens, as the SFT mixture (0.1: the paper's 10/90)
     replay: str = ""  # parquet of stored rollouts (run.out/rollouts/*.parquet) to train on instead of sampling
     max_prompt_len: int = 8192
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _mixture("data", self.short_fraction)
 
 
 @dataclasses.dataclass
@@ -181,6 +271,30 @@ class RLConfig:
     optim: RLOptimConfig = dataclasses.field(default_factory=RLOptimConfig)
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(out="runs/rl", save_every=20))
 
+    def __post_init__(self) -> None:
+        """Rules that join sections (each section checked its own values)."""
+        _need_model(self.model)
+        obj, teacher, rollout = self.objective, self.teacher, self.rollout
+        if rollout.temperature <= 0:
+            raise ConfigError("rollout.temperature must be > 0 for RL (the policy samples; 0 is greedy decoding)")
+        if rollout.group_size < 2 and any(r.weight for r in self.rewards):
+            raise ConfigError("rollout.group_size must be >= 2 for group-relative advantages")
+        if obj.beta > 0 and teacher.source == "none":
+            raise ConfigError("objective.beta > 0 needs a teacher (teacher.source = local | served | precomputed)")
+        if obj.beta > 0 and obj.estimator == "full" and teacher.source != "local":
+            raise ConfigError("objective.estimator = 'full' needs the teacher's hidden states: teacher.source = 'local' "
+                              "(a served or precomputed teacher supports topk, k1, k2, k3)")
+        if obj.beta > 0 and teacher.source == "served" and rollout.temperature != 1.0:
+            raise ConfigError("a served teacher returns log-probs at temperature 1, and the KL compares both policies "
+                              "at the student's sampling temperature: set rollout.temperature = 1")
+        if obj.beta > 0 and teacher.source == "served" and obj.estimator == "topk" and teacher.served.protocol == "echo":
+            raise ConfigError("the echo protocol returns top-k keyed by text; use teacher.served.protocol = "
+                              "'prompt_logprobs' for estimator = 'topk'")
+        if teacher.source == "precomputed" and not self.data.replay:
+            raise ConfigError("teacher.source = 'precomputed' reads log-probs stored with replayed rollouts: set data.replay")
+        if not self.data.replay and not self.data.long:
+            raise ConfigError("data.long is empty: give at least one [[data.long]] prompt source (or data.replay)")
+
 
 def _build(cls: type[T], values: Any, where: str) -> T:
     if not dataclasses.is_dataclass(cls):
@@ -198,6 +312,8 @@ def _build(cls: type[T], values: Any, where: str) -> T:
         origin = typing.get_origin(hint)
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}.{name}")
+        elif origin is list and dataclasses.is_dataclass(typing.get_args(hint)[0]) and not isinstance(value, list):
+            raise ConfigError(f"{where}.{name}: expected a list of tables ([[{name}]]), got {value!r}")
         elif origin is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
             kwargs[name] = [_build(typing.get_args(hint)[0], v, f"{where}.{name}[{i}]") for i, v in enumerate(value)]
         elif origin is tuple:

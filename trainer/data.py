@@ -1,7 +1,7 @@
-"""SFT data: rows (LongBlocks-shaped parquet, our stage shards, chat datasets with `messages`) ->
-chat-templated token ids with a loss mask on assistant tokens -> a seeded token-level short/long
-mixture -> packed sequences whose position ids restart per sample.
-Must not touch the model: it yields plain token tensors.
+"""Training data: rows (LongBlocks-shaped parquet, our stage shards, chat datasets with `messages`)
+-> one `Example` per row (the reading SFT, RL and eval share) -> a seeded token-level short/long
+mixture -> for SFT, chat-templated ids with a loss mask on assistant tokens, packed into sequences
+whose position ids restart per sample. Must not touch the model: it yields plain token lists.
 """
 
 from __future__ import annotations
@@ -19,32 +19,66 @@ IGNORE = -100
 
 
 def load_rows(source: DataSource) -> Any:
-    """A `datasets.Dataset` from a parquet file/dir/glob, a longblocks stage dir, or a Hub id."""
-    import datasets
+    """Random-access rows (`len`, `rows[i]`, `column_names`) of a longblocks stage directory (its
+    committed parts only: a killed stage's orphan parts are never read), a folder, file or glob of
+    parquet, or a Hub dataset id (through `datasets`, imported only then)."""
+    from longblocks.errors import LongBlocksError
+    from longblocks.store import ParquetRows, input_files
 
     path = Path(source.path)
-    if (path / "manifest.json").exists():  # a longblocks stage directory: its committed parts
-        files = sorted(str(p) for p in (path / "data").glob("*.parquet"))
-    elif path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-    elif path.is_file() or glob.glob(source.path):
-        files = sorted(glob.glob(source.path))
-    else:
+    if path.exists():
+        try:
+            return ParquetRows(input_files(path))
+        except LongBlocksError as exc:
+            raise ConfigError(f"{source.path}: {exc}") from None
+    if glob.glob(source.path):
+        return ParquetRows([Path(p) for p in sorted(glob.glob(source.path))])
+    if source.path.startswith((".", "/", "~")) or source.path.endswith(".parquet"):
+        raise ConfigError(f"data path {source.path} does not exist")
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"{source.path!r} is not a local path; reading Hub datasets needs `pip install datasets`") from None
+    try:
         return datasets.load_dataset(source.path, name=source.name, split=source.split)
-    if not files:
-        raise ConfigError(f"no parquet files under {source.path}")
-    return datasets.load_dataset("parquet", data_files=files, split="train")
+    except Exception as exc:  # datasets raises many types (not found, offline, bad config)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"could not load dataset {source.path!r}: {first}") from None
 
 
-def to_messages(row: dict[str, Any], source: DataSource) -> list[dict[str, str]]:
-    if "messages" in row and row["messages"]:
-        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+@dataclass
+class Example:
+    """One training row as chat: `prompt` (messages up to the answer), `references` (the answers
+    a reward compares against) and `messages` (the whole conversation SFT trains on)."""
+
+    prompt: list[dict[str, str]]
+    references: list[str]
+    messages: list[dict[str, str]]
+
+
+def example_from_row(row: dict[str, Any], source: DataSource) -> Example:
+    """The one reading of a row, for SFT, RL and eval: a chat row (`messages`: the last assistant
+    turn is the reference), a LongBlocks row (`document` + `question` through `source.prompt`;
+    the reference is `source.target`, `answer` or a `response_<model>` column), or a `prompt` row."""
+    if row.get("messages"):
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise ConfigError(f"{source.path}: a `messages` row without an assistant turn")
+        return Example(messages[:last], [messages[last]["content"]], messages)
     if "document" in row and "question" in row:
-        if source.target not in row:
-            raise ConfigError(f"{source.path}: no target column {source.target!r}")
-        prompt = source.prompt.format(document=row["document"], question=row["question"])
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": row[source.target] or ""}]
-    raise ConfigError(f"{source.path}: rows need `messages` or LongBlocks columns (document, question, answer)")
+        text = source.prompt.format(**row)
+    elif "prompt" in row:
+        text = row["prompt"]
+    else:
+        raise ConfigError(f"{source.path}: rows need `messages`, LongBlocks columns (document, question, answer) "
+                          f"or `prompt`; this one has {sorted(row)}")
+    if source.target not in row:
+        raise ConfigError(f"{source.path}: no target column {source.target!r}; it has {sorted(row)}")
+    reference = row[source.target]
+    references = [str(r) for r in reference] if isinstance(reference, (list, tuple)) else [str(reference or "")]
+    prompt = [{"role": "user", "content": text}]
+    return Example(prompt, references, prompt + [{"role": "assistant", "content": references[0]}])
 
 
 def template_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
@@ -90,46 +124,74 @@ class MixtureState:
     pending: tuple[str, int] | None = None  # a drawn sample that did not fit in the last pack
 
 
-class SFTData:
-    """Token-level mixture of short and long samples, packed into sequences of <= max_seq_len."""
+class TokenMixture:
+    """A seeded stream over two groups of sources ("long", "short") that keeps `short_fraction` of
+    the drawn tokens in the short group: each draw comes from the group behind its share (a group
+    without rows is never drawn). Rows are visited in a fresh seeded permutation per epoch. Shared
+    by the SFT samples and the RL prompts."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Any) -> None:
-        self.cfg, self.tokenizer = cfg, tokenizer
-        if cfg.overlong not in ("drop", "truncate"):
-            raise ConfigError(f"data.overlong must be drop or truncate, got {cfg.overlong!r}")
-        if not 0.0 <= cfg.short_fraction < 1.0:
-            raise ConfigError("data.short_fraction must be in [0, 1)")
+    def __init__(self, long: list[DataSource], short: list[DataSource], short_fraction: float, seed: int,
+                 state: MixtureState) -> None:
         self.groups: dict[str, list[tuple[Any, DataSource]]] = {
-            "long": [(load_rows(s), s) for s in cfg.long], "short": [(load_rows(s), s) for s in cfg.short]
-        }
+            "long": [(load_rows(s), s) for s in long], "short": [(load_rows(s), s) for s in short]}
         self.sizes = {g: sum(len(rows) for rows, _ in srcs) for g, srcs in self.groups.items()}
         if self.sizes["long"] == 0:
             raise ConfigError("data.long has no rows")
+        self.short_fraction, self.seed, self.state = short_fraction, seed, state
         self._orders: dict[tuple[str, int], list[int]] = {}
-        self.state = MixtureState()
 
-    def _order(self, group: str, epoch: int) -> list[int]:
-        """A fresh seeded permutation per group and epoch (the last few are kept)."""
+    def next_group(self) -> str:
+        total = sum(self.state.tokens.values())
+        behind = self.state.tokens["short"] < self.short_fraction * max(total, 1)
+        return "short" if behind and self.sizes["short"] else "long"
+
+    def draw(self, group: str) -> tuple[int, dict[str, Any], DataSource]:
+        """(position, row, source) of the group's next row in its stream."""
+        position = self.state.positions[group]
+        self.state.positions[group] += 1
+        return position, *self.row(group, position)
+
+    def row(self, group: str, position: int) -> tuple[dict[str, Any], DataSource]:
+        epoch, offset = divmod(position, self.sizes[group])
         if (group, epoch) not in self._orders:
             order = list(range(self.sizes[group]))
-            random.Random(f"{self.cfg.seed}-{group}-{epoch}").shuffle(order)
+            random.Random(f"{self.seed}-{group}-{epoch}").shuffle(order)
             if len(self._orders) > 4:
                 self._orders.pop(next(iter(self._orders)))
             self._orders[(group, epoch)] = order
-        return self._orders[(group, epoch)]
-
-    def _row(self, group: str, index: int) -> tuple[dict[str, Any], DataSource]:
+        index = self._orders[(group, epoch)][offset]
         for rows, source in self.groups[group]:
             if index < len(rows):
                 return rows[index], source
             index -= len(rows)
         raise IndexError(index)
 
+    def count(self, group: str, tokens: int) -> None:
+        self.state.tokens[group] += tokens
+
+    def realized_short_fraction(self) -> float:
+        total = sum(self.state.tokens.values())
+        return self.state.tokens["short"] / total if total else 0.0
+
+
+class SFTData:
+    """Token-level mixture of short and long samples, packed into sequences of <= max_seq_len."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: Any) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.mixture = TokenMixture(cfg.long, cfg.short, cfg.short_fraction, cfg.seed, MixtureState())
+
+    @property
+    def state(self) -> MixtureState:
+        return self.mixture.state
+
+    @state.setter
+    def state(self, value: MixtureState) -> None:
+        self.mixture.state = value
+
     def _load(self, group: str, position: int) -> Sample | None:
-        epoch, offset = divmod(position, self.sizes[group])
-        order = self._order(group, epoch)
-        row, source = self._row(group, order[offset])
-        tokenized = tokenize_chat(self.tokenizer, to_messages(row, source))
+        row, source = self.mixture.row(group, position)
+        tokenized = tokenize_chat(self.tokenizer, example_from_row(row, source).messages)
         if tokenized is None:
             self.state.dropped_template += 1
             return None
@@ -149,30 +211,27 @@ class SFTData:
         return Sample(group, position, ids, labels)
 
     def next_sample(self) -> Sample:
-        """Draw from the group that is behind its token share (short until short_fraction of all
-        drawn tokens, else long); a group without rows is never drawn."""
+        """Draw from the group that is behind its token share."""
         failures = 0
+        sizes = self.mixture.sizes
         while True:
-            if failures > self.sizes["long"] + self.sizes["short"]:
+            if failures > sizes["long"] + sizes["short"]:
                 raise ConfigError(
                     f"no usable sample in a full pass over the data: {self.state.dropped_overlong} over "
                     f"max_seq_len={self.cfg.max_seq_len} (overlong={self.cfg.overlong!r}), "
                     f"{self.state.dropped_template} without assistant tokens"
                 )
-            total = sum(self.state.tokens.values())
-            short_behind = self.state.tokens["short"] < self.cfg.short_fraction * max(total, 1)
-            group = "short" if short_behind and self.sizes["short"] else "long"
+            group = self.mixture.next_group()
             position = self.state.positions[group]
             self.state.positions[group] += 1
             sample = self._load(group, position)
             if sample is not None:
-                self.state.tokens[group] += len(sample.input_ids)
+                self.mixture.count(group, len(sample.input_ids))
                 return sample
             failures += 1
 
     def realized_short_fraction(self) -> float:
-        total = sum(self.state.tokens.values())
-        return self.state.tokens["short"] / total if total else 0.0
+        return self.mixture.realized_short_fraction()
 
     def next_pack(self) -> dict[str, list[int]]:
         """One training sequence: samples packed until the next would overflow max_seq_len (or a

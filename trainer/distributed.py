@@ -11,14 +11,22 @@ import torch.distributed as dist
 from torch import nn
 
 
-def init() -> tuple[int, int, torch.device]:
+def init(*, single_process_group: bool = False) -> tuple[int, int, torch.device]:
     """(rank, world size, device); initializes the process group under torchrun (nccl on CUDA,
-    gloo on CPU)."""
-    if "RANK" not in os.environ or dist.is_initialized():
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    else:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    gloo on CPU), or a group of one process when `single_process_group` (FSDP2 needs one, e.g. for
+    CPU offload without torchrun)."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
+    elif "RANK" in os.environ:
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    elif single_process_group:
+        store = dist.HashStore()
+        dist.init_process_group(backend, store=store, rank=0, world_size=1)
+        rank, world = 0, 1
+    else:
+        rank, world = 0, 1
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
@@ -31,13 +39,20 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
 
 
-def shard(model: nn.Module, decoder_layers: nn.ModuleList) -> nn.Module:
-    """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head)."""
-    from torch.distributed.fsdp import fully_shard
+def shard(model: nn.Module, decoder_layers: nn.ModuleList, *, compute_dtype: torch.dtype = torch.float32,
+          cpu_offload: bool = False) -> nn.Module:
+    """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head). Sharded
+    parameters stay fp32 (master weights); forward and backward run in `compute_dtype` and
+    gradients are reduced in fp32. `cpu_offload` keeps parameters, gradients and the optimizer
+    state in host memory (the optimizer steps there)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(param_dtype=None if compute_dtype == torch.float32 else compute_dtype,
+                                  reduce_dtype=torch.float32)
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
     for layer in decoder_layers:
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mp_policy=policy, offload_policy=offload)
     return model
 
 

@@ -1,6 +1,7 @@
-"""Student/teacher models: loading with the Auto classes, and a wrapper whose forward returns
-per-token log-probs (and entropy) through `trainer.kernels` from the decoder's last hidden states,
-so no code path builds the tokens x vocab logits. Must not hold any loss.
+"""Student/teacher models: loading with the Auto classes (the student's parameters in fp32 as
+master weights, the teacher's in its compute dtype), and a wrapper whose forward returns per-token
+log-probs, entropy and the teacher KL through the policy head from the decoder's last hidden
+states, so no code path builds the tokens x vocab logits. Must not hold any loss.
 """
 
 from __future__ import annotations
@@ -11,32 +12,48 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.config import ModelConfig
-from trainer.kernels import token_logprobs
+from trainer.config import ConfigError, ModelConfig
+from trainer.kernels import HeadOutput, policy_head
 
-KLFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
+           "fp16": torch.float16, "float16": torch.float16}
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype: `auto` is bf16 on CUDA and fp32 elsewhere."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32,
-            "fp16": torch.float16, "float16": torch.float16}[name]
+    return _DTYPES[name]
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.path, trust_remote_code=cfg.trust_remote_code)
+    name = cfg.tokenizer or cfg.path
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:  # transformers' "not a folder / not on the Hub / no tokenizer"
+        raise ConfigError(f"could not load tokenizer {name!r}: {_first_line(exc)}") from None
 
 
-def load_causal_lm(cfg: ModelConfig, device: torch.device) -> Any:
+def load_causal_lm(cfg: ModelConfig, device: torch.device, *, master_weights: bool = True) -> Any:
+    """`AutoModelForCausalLM` on `device`: parameters in fp32 when `master_weights` (the trained
+    student: the optimizer steps fp32 values, compute runs in `cfg.dtype`), else in `cfg.dtype`
+    (a frozen teacher)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(cfg.dtype, device), "trust_remote_code": cfg.trust_remote_code}
+    dtype = torch.float32 if master_weights else resolve_dtype(cfg.dtype, device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load model {cfg.path!r}: {_first_line(exc)}") from None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -44,9 +61,9 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device) -> Any:
 
 
 class FusedLogprobLM(nn.Module):
-    """Wraps a `*ForCausalLM`: forward(input_ids, position_ids) -> log p(next token) [T-1] (fp32)
-    and entropy, from hidden states and the LM-head weight. Being the root module lets FSDP2
-    unshard the head (tied or not) around the fused op."""
+    """Wraps a `*ForCausalLM`: forward(input_ids, position_ids) -> the policy head's per-token
+    outputs for the next tokens [B, T-1] from the last hidden states and the LM-head weight. Being
+    the root module lets FSDP2 unshard the head (tied or not) around the head's GEMMs."""
 
     def __init__(self, causal_lm: Any) -> None:
         super().__init__()
@@ -63,25 +80,23 @@ class FusedLogprobLM(nn.Module):
         return out.last_hidden_state
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor, *, temperature: float = 1.0,
-        mask: torch.Tensor | None = None, return_entropy: bool = False, kl_fn: KLFn | None = None,
-        generate: dict[str, Any] | None = None,
-    ) -> Any:
-        """log p(next token) [B, T-1]; with `return_entropy` also the entropy; with `kl_fn` the
-        tuple (logprobs, entropy, kl), kl = kl_fn(hidden [N, H], head weight, mask [N]) [N] (the
-        teacher term, computed from the same hidden states inside this forward, where FSDP2 has
-        the head unsharded). `generate=kwargs` runs `generate(**kwargs)` of the wrapped model
-        instead: under FSDP2 the root's parameters are gathered only around the root's forward."""
-        if generate is not None:
-            return self.lm.generate(**generate)
+        self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None = None, *, temperature: float = 1.0,
+        mask: torch.Tensor | None = None, entropy: bool = False, teacher: dict[str, Any] | None = None,
+        direction: str = "reverse", run: Callable[[Any], Any] | None = None,
+    ) -> HeadOutput | Any:
+        """The policy head on the next tokens: log-probs [B, T-1] and, when asked, entropy and the
+        KL to `teacher` (keyword arguments of `policy_head` over the same [B*(T-1)] positions:
+        `teacher_hidden` + `teacher_weight`, or `teacher_topk_ids` + `teacher_topk_logprobs`
+        [+ `teacher_topk_tail`]), all reshaped to [B, T-1]. `run=fn` calls fn(wrapped model) instead:
+        under FSDP2 the root's parameters are gathered only around the root's forward."""
+        if run is not None:
+            return run(self.lm)
         hidden = self.hidden_states(input_ids, position_ids)[:, :-1]
         targets = input_ids[:, 1:]
-        weight = self.lm.get_output_embeddings().weight
-        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-        flat_mask = None if mask is None else mask.reshape(-1)
-        logprobs, entropy = token_logprobs(flat_hidden, weight, targets.reshape(-1), temperature=temperature,
-                                           mask=flat_mask, return_entropy=True)
-        logprobs, entropy = logprobs.view(targets.shape), entropy.view(targets.shape)
-        if kl_fn is not None:
-            return logprobs, entropy, kl_fn(flat_hidden, weight, flat_mask).view(targets.shape)
-        return (logprobs, entropy) if return_entropy else logprobs
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        out = policy_head(flat, self.lm.get_output_embeddings().weight, targets.reshape(-1), temperature=temperature,
+                          entropy=entropy, mask=None if mask is None else mask.reshape(-1), direction=direction,
+                          **(teacher or {}))
+        shape = targets.shape  # copies, not views: FSDP2's backward hook must not sit on a view
+        return HeadOutput(*(None if t is None else t.view(shape).clone() for t in
+                            (out.logprobs, out.entropy, out.kl, out.teacher_logprobs)))

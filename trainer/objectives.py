@@ -7,6 +7,16 @@ beta-weighted KL to the teacher on the student's own tokens. Must not touch mode
 with rho_it = pi_theta / pi_theta_old. GRPO is beta = 0; on-policy distillation is reward weight 0.
 The loss returned is -J (summed over the micro-batch, divided by the step's global normalizer so
 micro-batches and ranks add up to exactly the step's objective).
+
+Which teacher terms are allowed (config.TEACHER_TERMS). The update never differentiates through the
+sampling distribution, so its expected gradient per state is E_{y~p}[grad of the token's term]
+(combine = loss) or -E_{y~p}[term(y) grad log p(y)] (combine = advantage, the term detached). With
+p = pi_theta, q = pi_teacher, both at the sampling temperature, and d = log p(y) - log q(y):
+  full/topk, loss:  grad KL_exact(s), exactly (reverse or forward; topk: of the K+1-bucket KL)
+  k2 = d^2/2, loss: E_p[d grad log p] = grad KL(p || q)            (reverse)
+  k1 = d, advantage: E_p[d grad log p] = grad KL(p || q)           (reverse; k1 as a loss: E_p[grad log p] = 0)
+  k3 = e^-d - 1 + d, loss: E_p[(1 - q/p) grad log p] = grad KL(q || p)   (forward, not reverse)
+The exact KL in the advantage is a function of the state only: E_p[KL(s) grad log p] = 0.
 """
 
 from __future__ import annotations
@@ -33,12 +43,30 @@ def group_advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, *
     return torch.where(valid & ~no_signal, advantages, 0.0).to(rewards.dtype)
 
 
+def rollout_advantages(rewards: list[float], valid: list[bool], group_sizes: list[int], *,
+                       scale_std: bool = True) -> tuple[list[float], int]:
+    """`group_advantages` over rollouts laid out group after group (sizes may differ, e.g. replayed
+    groups): (one advantage per rollout, number of groups whose valid rewards do not vary)."""
+    width = max(group_sizes, default=1)
+    matrix = torch.zeros(len(group_sizes), width, dtype=torch.float64)
+    ok = torch.zeros(len(group_sizes), width, dtype=torch.bool)
+    slots = [(g, j) for g, size in enumerate(group_sizes) for j in range(size)]
+    for (g, j), reward, good in zip(slots, rewards, valid):
+        matrix[g, j] = reward if good else 0.0
+        ok[g, j] = good
+    advantages = group_advantages(matrix, ok, scale_std=scale_std)
+    kept = matrix.masked_fill(~ok, float("nan"))
+    flat = [kept[g][~kept[g].isnan()] for g in range(len(group_sizes))]
+    zero_variance = sum(1 for row in flat if row.numel() < 2 or bool((row == row[0]).all()))
+    return [float(advantages[g, j]) for g, j in slots], zero_variance
+
+
 def sampled_kl(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimates of KL(pi_theta || pi_teacher) from the sampled token only (Schulman's
-    k1, k2, k3 with log r = log pi_teacher - log pi_theta):
-      k1 = -log r            unbiased, can be negative; as a loss its expected gradient is zero
-      k2 = (log r)^2 / 2     biased; its gradient is the reverse-KL gradient on-policy
-      k3 = (r - 1) - log r   unbiased and >= 0 (GRPO's reference term)"""
+    """Per-token estimates from the sampled token only (Schulman's k1, k2, k3 with
+    log r = log pi_teacher - log pi_theta); each value estimates KL(pi_theta || pi_teacher):
+      k1 = -log r            unbiased, can be negative; its gradient is valid only in the advantage
+      k2 = (log r)^2 / 2     biased value; as a loss its expected gradient is the reverse-KL gradient
+      k3 = (r - 1) - log r   unbiased value, >= 0; as a loss its expected gradient is the FORWARD-KL one"""
     log_r = teacher_logprobs - logprobs
     if estimator == "k1":
         return -log_r
@@ -47,6 +75,28 @@ def sampled_kl(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, estimator
     if estimator == "k3":
         return torch.expm1(log_r) - log_r
     raise ValueError(f"sampled-token estimator must be k1, k2 or k3, got {estimator!r}")
+
+
+def teacher_input(cfg: ObjectiveConfig) -> str:
+    """What the policy head needs for the teacher term: 'hidden' (the local teacher's last hidden
+    states and head: exact full-vocabulary KL), 'topk' (the teacher's top-k log-probs and tail),
+    'sampled' (the teacher's log-prob of each sampled token: k1/k2/k3), or 'none' (beta = 0)."""
+    if cfg.beta == 0:
+        return "none"
+    return {"full": "hidden", "topk": "topk"}.get(cfg.estimator, "sampled")
+
+
+def kl_term(cfg: ObjectiveConfig, logprobs: torch.Tensor, *, kl: torch.Tensor | None = None,
+            teacher_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-token teacher term [S, T]: the head's exact KL (full/topk) or a sampled-token
+    estimator of it (k1/k2/k3) from the student's and the teacher's log-prob of each token."""
+    if cfg.estimator in ("full", "topk"):
+        if kl is None:
+            raise ValueError(f"estimator {cfg.estimator!r} needs the per-token kl from the policy head")
+        return kl
+    if teacher_logprobs is None:
+        raise ValueError(f"estimator {cfg.estimator!r} needs teacher_logprobs")
+    return sampled_kl(logprobs, teacher_logprobs, cfg.estimator)
 
 
 def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
@@ -73,14 +123,7 @@ def dgrpo_loss(
     `denominator` defaults to `normalizer(cfg, mask)` (a step of one micro-batch)."""
     maskf = mask.to(logprobs.dtype)
     if cfg.beta > 0:
-        if cfg.estimator in ("full", "topk"):
-            if kl is None:
-                raise ValueError(f"estimator {cfg.estimator!r} needs the per-token kl from the kernels")
-        else:
-            if teacher_logprobs is None:
-                raise ValueError(f"estimator {cfg.estimator!r} needs teacher_logprobs")
-            kl = sampled_kl(logprobs, teacher_logprobs, cfg.estimator)
-        kl = torch.where(mask, kl, 0.0)
+        kl = torch.where(mask, kl_term(cfg, logprobs, kl=kl, teacher_logprobs=teacher_logprobs), 0.0)
     else:
         kl = torch.zeros_like(logprobs)
 

@@ -1,7 +1,7 @@
-"""RL inputs: a seeded, resumable stream of chat-templated prompts with their reference answers
-(LongBlocks rows, our QA shards, or chat rows whose last assistant turn is the reference), and the
-stored-rollout format: each step's rollouts written as parquet that a later run can replay
-(with precomputed teacher log-probs). Must not touch the model.
+"""RL inputs: a seeded, resumable stream of chat-templated prompts with their reference answers,
+drawn as a token-level short/long mixture (as SFT's), and the stored-rollout format: each step's
+rollouts written as parquet that a later run can replay (with precomputed teacher scores at the
+temperature they were sampled at). Must not touch the model.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.config import ConfigError, DataSource, RLDataConfig
-from trainer.data import template_ids, load_rows
-from trainer.rollout import Rollout
-from trainer.teacher import TeacherScores
+from trainer.batch import Rollout, TeacherScores
+from trainer.config import ConfigError, RLDataConfig
+from trainer.data import MixtureState, TokenMixture, example_from_row, template_ids
 
 ROW_FIELDS = ("id", "question", "source", "language", "task", "length")  # kept with each prompt for rewards/logs
 
@@ -32,74 +31,45 @@ class Prompt:
     row: dict[str, Any]
 
 
-def prompt_and_reference(row: dict[str, Any], source: DataSource) -> tuple[list[dict[str, str]], list[str]]:
-    """(messages up to the answer, reference answers)."""
-    if row.get("messages"):
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise ConfigError(f"{source.path}: a `messages` row without an assistant turn to use as reference")
-        return messages[:last], [messages[last]["content"]]
-    if "document" in row and "question" in row:
-        text = source.prompt.format(**row)
-    elif "prompt" in row:
-        text = row["prompt"]
-    else:
-        raise ConfigError(f"{source.path}: rows need `messages`, LongBlocks columns (document, question, answer) or `prompt`")
-    if source.target not in row:
-        raise ConfigError(f"{source.path}: no reference column {source.target!r}")
-    reference = row[source.target]
-    references = [str(r) for r in reference] if isinstance(reference, (list, tuple)) else [str(reference or "")]
-    return [{"role": "user", "content": text}], references
-
-
-@dataclass
-class PromptState:
-    position: int = 0
-    dropped_overlong: int = 0
-
-
 class PromptData:
-    def __init__(self, cfg: RLDataConfig, tokenizer: Any) -> None:
-        if not cfg.prompts:
-            raise ConfigError("data.prompts is empty: give at least one [[data.prompts]] source (or data.replay)")
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self.sources = [(load_rows(s), s) for s in cfg.prompts]
-        self.size = sum(len(rows) for rows, _ in self.sources)
-        if self.size == 0:
-            raise ConfigError("data.prompts has no rows")
-        self.state = PromptState()
-        self._orders: dict[int, list[int]] = {}
+    """Prompts from `data.long` and `data.short`, `short_fraction` of the prompt tokens short."""
 
-    def _row(self, position: int) -> tuple[dict[str, Any], DataSource]:
-        epoch, offset = divmod(position, self.size)
-        if epoch not in self._orders:
-            order = list(range(self.size))
-            random.Random(f"{self.cfg.seed}-prompts-{epoch}").shuffle(order)
-            self._orders = {epoch: order}
-        index = self._orders[epoch][offset]
-        for rows, source in self.sources:
-            if index < len(rows):
-                return rows[index], source
-            index -= len(rows)
-        raise IndexError(index)
+    def __init__(self, cfg: RLDataConfig, tokenizer: Any) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.mixture = TokenMixture(cfg.long, cfg.short, cfg.short_fraction, cfg.seed, MixtureState())
+        self.positions = 0  # prompts handed out: the seed of each prompt's rollouts
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return {"positions": self.positions, "mixture": self.mixture.state.__dict__}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.positions = state["positions"]
+        mixture = dict(state["mixture"])
+        mixture["pending"] = tuple(mixture["pending"]) if mixture.get("pending") else None
+        self.mixture.state = MixtureState(**mixture)
+
+    def realized_short_fraction(self) -> float:
+        return self.mixture.realized_short_fraction()
 
     def next_prompts(self, n: int) -> list[Prompt]:
         out: list[Prompt] = []
         skipped = 0
+        sizes = self.mixture.sizes
         while len(out) < n:
-            if skipped > self.size:
+            if skipped > sizes["long"] + sizes["short"]:
                 raise ConfigError(f"no prompt fits data.max_prompt_len={self.cfg.max_prompt_len} in a full pass")
-            position = self.state.position
-            self.state.position += 1
-            row, source = self._row(position)
-            messages, reference = prompt_and_reference(row, source)
-            ids = template_ids(self.tokenizer, messages, add_generation_prompt=True)
+            group = self.mixture.next_group()
+            _, row, source = self.mixture.draw(group)
+            example = example_from_row(row, source)
+            ids = template_ids(self.tokenizer, example.prompt, add_generation_prompt=True)
             if len(ids) > self.cfg.max_prompt_len:
-                self.state.dropped_overlong += 1
+                self.mixture.state.dropped_overlong += 1
                 skipped += 1
                 continue
-            out.append(Prompt(position, ids, reference, {k: row[k] for k in ROW_FIELDS if k in row}))
+            self.mixture.count(group, len(ids))
+            out.append(Prompt(self.positions, ids, example.references, {k: row[k] for k in ROW_FIELDS if k in row}))
+            self.positions += 1
         return out
 
 
@@ -111,11 +81,13 @@ ROLLOUT_SCHEMA = pa.schema([
     ("behaviour_logprobs", pa.list_(pa.float32())), ("finished", pa.bool_()), ("reward", pa.float64()),
     ("rewards", pa.string()), ("teacher_logprobs", pa.list_(pa.float32())),
     ("teacher_topk_ids", pa.list_(pa.list_(pa.int32()))), ("teacher_topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+    ("teacher_topk_tail", pa.list_(pa.float32())), ("temperature", pa.float64()),
 ])
 
 
 def write_rollouts(path: Path, step: int, prompts: list[Prompt], groups: list[list[Rollout]], texts: list[str],
-                   rewards: list[float], per_fn: dict[str, list[float]], teacher: list[TeacherScores | str | None]) -> Path:
+                   rewards: list[float], per_fn: dict[str, list[float]], teacher: list[TeacherScores | str | None],
+                   temperature: float) -> Path:
     """One parquet file per step (written to a temporary name, then renamed: a killed run leaves
     no partial file)."""
     rows = []
@@ -132,6 +104,7 @@ def write_rollouts(path: Path, step: int, prompts: list[Prompt], groups: list[li
                 "teacher_logprobs": scores.logprobs if scores else None,
                 "teacher_topk_ids": scores.topk_ids if scores else None,
                 "teacher_topk_logprobs": scores.topk_logprobs if scores else None,
+                "teacher_topk_tail": scores.topk_tail if scores else None, "temperature": temperature,
             })
             i += 1
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,9 +122,11 @@ class ReplayGroup:
 
 class ReplayData:
     """Groups of stored rollouts (by `group`), in a seeded order per epoch; `next_groups` has the
-    same contract as sampling prompts and generating."""
+    same contract as sampling prompts and generating. Rows must have been sampled (and their
+    teacher scored) at `temperature`; rows without behaviour log-probs are refused when
+    `need_behaviour` (rollout.old_logprobs = behaviour), never filled with zeros."""
 
-    def __init__(self, path: str, seed: int) -> None:
+    def __init__(self, path: str, seed: int, *, temperature: float, need_behaviour: bool) -> None:
         files = sorted(glob.glob(str(Path(path) / "*.parquet"))) if Path(path).is_dir() else sorted(glob.glob(path))
         if not files:
             raise ConfigError(f"data.replay: no parquet files at {path}")
@@ -159,6 +134,11 @@ class ReplayData:
         missing = {"group", "prompt_ids", "completion_ids", "reference"} - set(table.column_names)
         if missing:
             raise ConfigError(f"data.replay: missing column(s) {sorted(missing)} (expected the format run.out/rollouts/ has)")
+        if "temperature" in table.column_names:
+            stored = {t for t in table.column("temperature").to_pylist() if t is not None}
+            if stored and stored != {temperature}:
+                raise ConfigError(f"data.replay: rollouts were sampled at temperature {sorted(stored)}, this run's "
+                                  f"rollout.temperature is {temperature}: the KL would compare different policies")
         groups: dict[str, ReplayGroup] = {}
         for record in table.to_pylist():
             if record["group"] not in groups:
@@ -167,22 +147,32 @@ class ReplayData:
             teacher = None
             if record.get("teacher_logprobs") is not None:
                 teacher = TeacherScores(record["teacher_logprobs"], record.get("teacher_topk_ids"),
-                                        record.get("teacher_topk_logprobs"))
-            behaviour = record.get("behaviour_logprobs") or [0.0] * len(record["completion_ids"])
+                                        record.get("teacher_topk_logprobs"), record.get("teacher_topk_tail"))
+            behaviour = record.get("behaviour_logprobs")
+            if behaviour is None and need_behaviour:
+                raise ConfigError("data.replay: a row has no behaviour_logprobs, which rollout.old_logprobs = "
+                                  "'behaviour' needs; use recompute")
             groups[record["group"]].rollouts.append(
                 Rollout(record["prompt_ids"], record["completion_ids"], behaviour, bool(record.get("finished", True)), teacher))
         self.groups = list(groups.values())
         self.seed = seed
-        self.state = PromptState()
+        self.position = 0
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return {"position": self.position}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.position = state["position"]
 
     def next_groups(self, n: int) -> list[ReplayGroup]:
         out = []
         for _ in range(n):
-            epoch, offset = divmod(self.state.position, len(self.groups))
+            epoch, offset = divmod(self.position, len(self.groups))
             order = list(range(len(self.groups)))
             random.Random(f"{self.seed}-replay-{epoch}").shuffle(order)
             group = self.groups[order[offset]]
-            out.append(ReplayGroup(Prompt(self.state.position, group.prompt.prompt_ids, group.prompt.reference,
+            out.append(ReplayGroup(Prompt(self.position, group.prompt.prompt_ids, group.prompt.reference,
                                           group.prompt.row), group.rollouts))
-            self.state.position += 1
+            self.position += 1
         return out

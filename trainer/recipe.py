@@ -5,6 +5,7 @@ AdamW and a warmup + cosine schedule. Must not hold anything specific to SFT or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -19,7 +20,7 @@ from rich.console import Console
 from trainer import distributed
 from trainer.config import ModelConfig, OptimConfig, RunConfig, to_dict
 from trainer.metrics import MetricsLogger
-from trainer.model import FusedLogprobLM, load_causal_lm, load_tokenizer
+from trainer.model import FusedLogprobLM, load_causal_lm, load_tokenizer, resolve_dtype
 
 console = Console(stderr=True)
 
@@ -49,13 +50,22 @@ class Setup:
     model: FusedLogprobLM
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    compute_dtype: torch.dtype
+    sharded: bool
+
+    def autocast(self) -> Any:
+        """Where the forward/backward runs: in one process, autocast to the compute dtype over the
+        fp32 master weights; under FSDP2 the mixed-precision policy casts (nothing more to do)."""
+        if self.sharded or self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
 
 def setup(cfg: Any, *, optimizer_steps: int) -> Setup:
     """`cfg` has `model: ModelConfig`, `optim: OptimConfig`, `run: RunConfig` sections."""
     model_cfg, optim, run = cfg.model, cfg.optim, cfg.run
     assert isinstance(model_cfg, ModelConfig) and isinstance(optim, OptimConfig) and isinstance(run, RunConfig)
-    rank, world, device = distributed.init()
+    rank, world, device = distributed.init(single_process_group=model_cfg.cpu_offload)
     seed_everything(run.seed)
     out = Path(run.out)
     if rank == 0:
@@ -63,14 +73,17 @@ def setup(cfg: Any, *, optimizer_steps: int) -> Setup:
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         console.print_json(json.dumps(to_dict(cfg)))
     tokenizer = load_tokenizer(model_cfg)
-    causal_lm = load_causal_lm(model_cfg, device)
+    causal_lm = load_causal_lm(model_cfg, device)  # fp32 master weights
+    compute_dtype = resolve_dtype(model_cfg.dtype, device)
     model = FusedLogprobLM(causal_lm)
-    if world > 1:
-        distributed.shard(model, causal_lm.get_decoder().layers)
+    sharded = world > 1 or model_cfg.cpu_offload
+    if sharded:
+        distributed.shard(model, causal_lm.get_decoder().layers, compute_dtype=compute_dtype,
+                          cpu_offload=model_cfg.cpu_offload)
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(
         s, warmup=optim.warmup_steps, total=optimizer_steps, min_ratio=optim.min_lr_ratio))
-    return Setup(rank, world, device, out, tokenizer, causal_lm, model, optimizer, scheduler)
+    return Setup(rank, world, device, out, tokenizer, causal_lm, model, optimizer, scheduler, compute_dtype, sharded)
 
 
 def open_metrics(cfg: Any, rank: int, resumed_step: int) -> MetricsLogger:
@@ -80,9 +93,3 @@ def open_metrics(cfg: Any, rank: int, resumed_step: int) -> MetricsLogger:
     metrics.truncate_after(resumed_step)
     return metrics
 
-
-def autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA; fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)

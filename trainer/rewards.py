@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from longblocks.backends import split_reasoning
+from longblocks.text import split_reasoning
 from trainer.config import ConfigError, RewardConfig
 
 Reference = str | Sequence[str]

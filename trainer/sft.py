@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from trainer import checkpoint, distributed
 from trainer.config import SFTConfig
 from trainer.data import IGNORE, MixtureState, SFTData
-from trainer.recipe import autocast as bf16_autocast
 from trainer.recipe import open_metrics, setup
 
 console = Console(stderr=True)
@@ -37,7 +36,6 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
         if rank == 0:
             console.print(f"resumed from {last} (step {step})")
     metrics = open_metrics(cfg, rank, step)
-    autocast = bf16_autocast(device)
     batches = data.micro_batches(cfg.optim.tokens_per_step, cfg.optim.packs_multiple_of or world)
     losses: list[float] = []
 
@@ -56,8 +54,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 ids = torch.tensor([pack["input_ids"]], device=device)
                 positions = torch.tensor([pack["position_ids"]], device=device)
                 mask = torch.tensor([pack["labels"][1:]], device=device) != IGNORE
-                with autocast:
-                    logprobs = model(ids, positions, mask=mask)
+                with run.autocast():
+                    logprobs = model(ids, positions, mask=mask).logprobs
                 nll = -logprobs.sum()
                 # Sum over every token of the global step / its trained tokens; FSDP averages the
                 # ranks' gradients, hence the factor `world`.
@@ -91,7 +89,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 checkpoint.prune(ckpt_root, keep=2)
 
     # -- export ---------------------------------------------------------------------------------
-    final = checkpoint.export_pretrained(causal_lm, tokenizer, out / "final")
+    final = checkpoint.export_pretrained(causal_lm, tokenizer, out / "final", run.compute_dtype)
     plot = metrics.close(("loss", "lr", "grad_norm"))
     summary = {"steps": step, "losses": losses, "short_fraction": data.realized_short_fraction(),
                "dropped_overlong": data.state.dropped_overlong, "truncated": data.state.truncated,

@@ -41,7 +41,7 @@ def build_run(root: Path, n_docs: int = 40, pairs_per_doc: int = 3, seed: int = 
                            "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768},
                            "question_types": ["summary", "multi_hop"], "n_questions": pairs_per_doc,
                            "prompt_sha256": {"summary": "abc", "multi_hop": "def"}})
-    filt = StageWriter(root / "filter", stage="filter", schema=qa_schema(MODELS), params={}, part_size=25)
+    filt = StageWriter(root / "judge", stage="judge", schema=qa_schema(MODELS), params={}, part_size=25)
     for i, rec in enumerate(qas):
         if i % 7 == 3:
             filt.add(Outcome(rec["id"], rejected=[Rejection(rec["id"], "unsupported", "judge: invented")]))

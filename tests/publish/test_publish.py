@@ -27,7 +27,7 @@ def test_published_folder_loads_with_datasets_and_card_validates(run_dir: Path, 
     summary = publish(run_dir, out, repo_id="org/longblocks-test", max_shard_size="64KB")
     ds = datasets.load_dataset(str(out), split="train")
     assert ds.column_names == LONGBLOCKS_COLUMNS
-    kept = pq.read_table(run_dir / "filter" / "data")
+    kept = pq.read_table(run_dir / "judge" / "data")
     assert ds.num_rows == kept.num_rows == summary["rows"]
     card = DatasetCard.load(out / "README.md")
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
@@ -49,7 +49,7 @@ def test_published_folder_loads_with_datasets_and_card_validates(run_dir: Path, 
 
 
 def test_small_max_shard_size_gives_expected_contiguous_shards(run_dir: Path, tmp_path: Path) -> None:
-    kept = pq.read_table(run_dir / "filter" / "data", columns=LONGBLOCKS_COLUMNS)
+    kept = pq.read_table(run_dir / "judge" / "data", columns=LONGBLOCKS_COLUMNS)
     limit = 50_000
     summary = publish(run_dir, tmp_path / "pub", max_shard_size=limit)
     expected = math.ceil(kept.nbytes / limit)

@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, random_text
-from longblocks.backends import OpenAIBackend, RequestCache, Sampling, split_reasoning
+from longblocks.backends import OpenAIBackend, RequestCache, Sampling
+from longblocks.text import split_reasoning
 from longblocks.judge import parse_verdicts
 from longblocks.qa import parse_pairs
 from openai_double import ScriptedServer
@@ -105,7 +106,7 @@ def test_second_run_hits_the_cache(generated) -> None:
 
 def test_judge_keeps_passes_and_records_reasons(generated) -> None:
     tmp, *_ = generated
-    filt = tmp / "run" / "filter"
+    filt = tmp / "run" / "judge"
     kept = pq.read_table(filt / "data").to_pylist()
     rejected = rejections(filt)
     assert kept and all(r["judge_verdict"] == "pass" for r in kept)

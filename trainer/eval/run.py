@@ -48,7 +48,11 @@ def select_tasks(cfg: EvalConfig) -> dict[str, Builder]:
         from trainer.config import DataSource
         from trainer.data import load_rows
 
-        qa_rows = [dict(r) for r in load_rows(DataSource(path=cfg.qa_data)).select_columns(["document", "question", "answer"])]
+        rows = load_rows(DataSource(path=cfg.qa_data))
+        missing = {"document", "question", "answer"} - set(rows.column_names)
+        if missing:
+            raise ConfigError(f"--qa-data {cfg.qa_data}: missing column(s) {sorted(missing)}")
+        qa_rows = [{k: r[k] for k in ("document", "question", "answer")} for r in rows]
     for name in cfg.tasks.split(","):
         name = name.strip()
         if name == "ruler":

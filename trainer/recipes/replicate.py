@@ -135,7 +135,7 @@ def run_rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, scale: S
     beta, reward_weight = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0), "dgrpo_cold": (1.0, 1.0)}[arm]
     if not (out / "final" / "config.json").exists():
         train(load_config(RLConfig, None, [
-            f"--model.path={model}", f"--data.prompts=[{{path='{data}'}}]", f"--data.max_prompt_len={max_len}",
+            f"--model.path={model}", f"--data.long=[{{path='{data}'}}]", f"--data.max_prompt_len={max_len}",
             f"--data.seed={seed}", f"--run.seed={seed}", f"--run.out={out}", f"--run.save_every={max(scale.rl_steps, 1)}",
             f"--teacher.source={'local' if beta > 0 else 'none'}", f"--teacher.path={teacher}",
             f"--objective.beta={beta}", f"--rewards=[{{name='string_match_all', weight={reward_weight}}}]",

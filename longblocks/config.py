@@ -1,0 +1,216 @@
+"""Every configuration of the pipeline in one light module: each stage's dataclass with its defaults
+and its own validation, the `[section]`s of a pipeline file, and `load_pipeline`. The command line
+takes its defaults from here, so a flag and its TOML key can never disagree. Must not run stages
+or import heavy libraries (the CLI imports it for `--help`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longblocks.backends import Backend, RequestCache, Sampling, make_backend
+from longblocks.errors import LongBlocksError
+
+# The stages in pipeline order; each one's directory, manifest `stage` and `[section]` carry this name.
+STAGES = ("sample", "select", "dedup", "generate", "judge")
+QUESTION_TYPES = ("summary", "multi_part_retrieval", "multi_hop", "comprehensive", "classification")
+
+# The judge's sampling in every command that runs it (`judge`, `run`, `generate --judge-model`):
+# temperature and top_p of the thinking-mode settings on the card of the paper's judge model
+# (Qwen3-Next-80B-A3B-Thinking); its top_k=20 goes in `extra` for servers that take it (vLLM).
+JUDGE_SAMPLING = Sampling(temperature=0.6, top_p=0.95, max_tokens=16384, seed=0)
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    tokenizer: str
+    min_tokens: int = 4096
+    max_tokens: int = 131072
+    max_repeated_line_fraction: float = 0.3
+    min_alpha_fraction: float = 0.5
+    max_mean_line_length: int = 400
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_tokens < 0 or self.max_tokens < self.min_tokens:
+            raise LongBlocksError(f"need 0 <= min_tokens <= max_tokens, got [{self.min_tokens}, {self.max_tokens}]")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    ngram: int = 5
+    bands: int = 14
+    rows: int = 8
+    seed: int = 1
+    threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.ngram < 1 or self.bands < 1 or self.rows < 1:
+            raise LongBlocksError("ngram, bands and rows must be positive")
+        if not 0.0 < self.threshold <= 1.0:
+            raise LongBlocksError(f"threshold must be in (0, 1], got {self.threshold}")
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows
+
+    @property
+    def detection_probability_at_threshold(self) -> float:
+        """P(candidate) for a pair at exactly `threshold` Jaccard: 1 - (1 - s^r)^b."""
+        return 1.0 - (1.0 - self.threshold**self.rows) ** self.bands
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    question_types: tuple[str, ...] = QUESTION_TYPES
+    n_questions: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.question_types if t not in QUESTION_TYPES]
+        if unknown or not self.question_types:
+            raise LongBlocksError(f"unknown question type(s) {unknown}; choose from {', '.join(QUESTION_TYPES)}")
+        if self.n_questions < 1:
+            raise LongBlocksError("n_questions must be at least 1")
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    languages: list[str] | None = None
+    per_language: int | None = None
+    quotas: dict[str, int] | None = None
+    seed: int = 0
+    text_field: str | None = None
+    include: list[str] = field(default_factory=list)
+    recursive: bool = True
+    hub_id: str | None = None
+    revision: str | None = None
+    max_bytes: int | None = None
+
+    def resolved_quotas(self) -> dict[str, int] | None:
+        if self.quotas:
+            return dict(self.quotas)
+        if self.languages:
+            if self.per_language is None:
+                raise LongBlocksError("source.languages needs source.per_language (or give source.quotas)")
+            return {lang: self.per_language for lang in self.languages}
+        return None
+
+    def source(self) -> Any:
+        options: dict[str, Any] = {"include": self.include, "recursive": self.recursive, "revision": self.revision}
+        if self.text_field:
+            options["text_field"] = self.text_field
+        if self.max_bytes:
+            options["max_bytes"] = self.max_bytes
+        if self.hub_id:
+            options["hub_id"] = self.hub_id
+        from longblocks.sources import resolve_source
+
+        return resolve_source(self.name, **options)
+
+
+@dataclass
+class BackendConfig:
+    """An LLM endpoint and its sampling; `model` empty means the stage is not run."""
+
+    model: str = ""
+    backend: str = "openai"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 64
+    timeout: float = 1800.0
+    max_retries: int = 6
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 16384
+    seed: int | None = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    cache: str | None = None  # sqlite path; default: requests.sqlite in the stage directory
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed,
+                        extra=dict(self.extra))
+
+    def build(self, stage_dir: Path) -> Backend:
+        cache = RequestCache(Path(self.cache) if self.cache else stage_dir.parent / f"{stage_dir.name}.requests.sqlite")
+        return make_backend(
+            self.backend, self.model, base_url=self.base_url, api_key_env=self.api_key_env, sampling=self.sampling(),
+            concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries, cache=cache,
+            tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len,
+        )
+
+
+@dataclass
+class GenerateSection(BackendConfig):
+    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
+    n_questions: int = 3
+
+
+@dataclass
+class JudgeSection(BackendConfig):
+    """The judge's endpoint; its sampling defaults to `JUDGE_SAMPLING` in every command."""
+
+    temperature: float = JUDGE_SAMPLING.temperature
+    top_p: float = JUDGE_SAMPLING.top_p
+    max_tokens: int = JUDGE_SAMPLING.max_tokens
+    seed: int | None = JUDGE_SAMPLING.seed
+    local_span_window: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    out: Path
+    source: SourceConfig
+    select: SelectConfig
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    dedup_workers: int = 1
+    generate: GenerateSection = field(default_factory=GenerateSection)
+    judge: JudgeSection = field(default_factory=JudgeSection)
+    part_size: int = 1000
+
+
+def _section(data: dict[str, Any], name: str, cls: type, **defaults: Any) -> Any:
+    values = {**defaults, **data.get(name, {})}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise LongBlocksError(f"[{name}]: {exc}") from None
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Parse a pipeline file; `overrides` maps "section.key" to a value (from the command line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LongBlocksError(f"pipeline file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise LongBlocksError(f"{path}: invalid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})[key] = value
+    if "filter" in data:
+        raise LongBlocksError(f"{path}: the [filter] section is now called [judge] (the stage's one name)")
+    unknown = set(data) - {"run", "source", *STAGES}
+    if unknown:
+        raise LongBlocksError(f"{path}: unknown section(s) {sorted(unknown)}; expected run, source, {', '.join(STAGES)}")
+    run = data.get("run", {})
+    if "out" not in run:
+        raise LongBlocksError(f"{path}: [run] needs out = \"DIR\"")
+    if "name" not in data.get("source", {}):
+        raise LongBlocksError(f"{path}: [source] needs name = \"arxiv\" | ... | \"local:PATH\"")
+    return PipelineConfig(
+        out=Path(run["out"]),
+        source=_section(data, "source", SourceConfig),
+        select=_section(data, "select", SelectConfig, tokenizer="approx"),
+        dedup=_section({"dedup": {k: v for k, v in data.get("dedup", {}).items() if k != "workers"}}, "dedup", DedupConfig),
+        dedup_workers=int(data.get("dedup", {}).get("workers", 1)),
+        generate=_section(data, "generate", GenerateSection),
+        judge=_section(data, "judge", JudgeSection),
+        part_size=int(run.get("part_size", 1000)),
+    )
