@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -106,12 +107,17 @@ class OpenAIBackend:
     RETRYABLE_STATUS = {408, 409, 429}
 
     def __init__(
-        self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+        self, model: str, *, base_url: str | list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
         sampling: Sampling = Sampling(), concurrency: int = 64, timeout: float = 1800.0, max_retries: int = 6,
         backoff: float = 1.0, max_backoff: float = 60.0, cache: RequestCache | None = None,
     ) -> None:
         import openai
 
+        # Several URLs: replicas of one model. Requests take turns over them, and a retry after a
+        # connection error or 5xx goes to the next one, so a dead replica's requests move on.
+        self.base_urls = list(base_url) if isinstance(base_url, (list, tuple)) else [base_url]
+        if not self.base_urls:
+            raise LongBlocksError(f"{model}: base_url is an empty list")
         self.model, self.base_url, self.sampling = model, base_url, sampling
         self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
         self.backoff, self.max_backoff = backoff, max_backoff
@@ -123,10 +129,11 @@ class OpenAIBackend:
         api_key = os.environ.get(api_key_env) or "EMPTY"
 
         async def make() -> Any:
-            return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0), \
-                asyncio.Semaphore(concurrency)
+            return [openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
+                    for url in self.base_urls], asyncio.Semaphore(concurrency)
 
-        self._client, self._sem = self._loop.run_until_complete(make())
+        self._clients, self._sem = self._loop.run_until_complete(make())
+        self._turn = itertools.count()
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "base_url": self.base_url, "sampling": asdict(self.sampling),
@@ -153,13 +160,15 @@ class OpenAIBackend:
         if self.sampling.extra:
             params["extra_body"] = dict(self.sampling.extra)
         last_error, last_exc = "", Exception()
+        first, replicas = next(self._turn), len(self._clients)
         for attempt in range(self.max_retries + 1):
             try:
                 async with self._sem:
                     self.stats.in_flight += 1
                     self.stats.sent += 1
                     try:
-                        response = await self._client.chat.completions.create(**params)
+                        client = self._clients[(first + attempt) % replicas]
+                        response = await client.chat.completions.create(**params)
                     finally:
                         self.stats.in_flight -= 1
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:  # timeout is a connection error
@@ -184,7 +193,8 @@ class OpenAIBackend:
                     )
             if attempt < self.max_retries:
                 self.stats.retries += 1
-                await asyncio.sleep(self._retry_delay(attempt, last_exc))
+                if (attempt + 1) % replicas == 0:  # every replica tried once more: back off
+                    await asyncio.sleep(self._retry_delay(attempt // replicas, last_exc))
         self.stats.failed += 1
         return Completion(error=f"after {attempt + 1} attempt(s): {last_error}")
 
@@ -234,7 +244,8 @@ class OpenAIBackend:
                 self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
     def close(self) -> None:
-        self._loop.run_until_complete(self._client.close())
+        for client in self._clients:
+            self._loop.run_until_complete(client.close())
         self._loop.close()
         self.cache.close()
 

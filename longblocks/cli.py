@@ -18,12 +18,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from longblocks.config import BackendConfig, DedupConfig, GenerateSection, JudgeSection, SelectConfig
+from longblocks.config import BackendConfig, DedupConfig, GenerateSection, JudgeSection, ResponderConfig, SelectConfig
 from longblocks.errors import LongBlocksError
 from longblocks.store import Progress
 
 app = typer.Typer(
-    help="LongBlocks: build long-context QA datasets (sample -> select -> dedup -> generate -> judge -> publish). "
+    help="LongBlocks: build long-context QA datasets (sample -> select -> dedup -> generate -> judge -> respond -> publish). "
     "Every stage reads and writes a directory of parquet shards and resumes when re-run.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -187,8 +187,9 @@ def select_cmd(
 @app.command("dedup")
 @friendly_errors
 def dedup_cmd(
-    inp: Annotated[Path, typer.Argument(metavar="IN", help="Input: a stage directory or parquet shards of documents.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
+    paths: Annotated[list[Path], typer.Argument(metavar="IN... OUT", help="One or more inputs (stage directories or "
+                                                "parquet shards of documents, e.g. several sources' select stages: "
+                                                "deduplicated as one pool), then the output stage directory.")],
     threshold: Annotated[float, typer.Option(help="Exact Jaccard a candidate pair needs to count as a duplicate.")] =
         DedupConfig.threshold,
     ngram: Annotated[int, typer.Option(help="Shingle size in words (tokens for code).")] = DedupConfig.ngram,
@@ -201,8 +202,13 @@ def dedup_cmd(
     part_size: PartSizeOpt = 1000,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Remove near-duplicate documents: MinHash LSH candidates, exact Jaccard check, one survivor per cluster."""
+    """Remove near-duplicate documents, across all inputs: MinHash LSH candidates, exact Jaccard check, one
+    survivor per cluster (the same whatever the order of the inputs)."""
     from longblocks.dedup import dedup
+
+    if len(paths) < 2:
+        raise LongBlocksError("dedup needs at least one input and an output: longblocks dedup IN [IN...] OUT")
+    *inp, out = paths
 
     cfg = DedupConfig(ngram=ngram, bands=bands, rows=rows, seed=seed, threshold=threshold)
     with progress_bars() as progress:
@@ -337,6 +343,52 @@ def judge_cmd(
     _print_backend_stats(manifest)
 
 
+def parse_responder(spec: str, **options: Any) -> ResponderConfig:
+    """`[NAME=]MODEL[@URL[,URL...]]` -> a responder (several URLs: replicas of the model)."""
+    head, _, urls = spec.partition("@")
+    name, sep, model = head.partition("=")
+    if not sep:
+        name, model = "", head
+    if not model:
+        raise LongBlocksError(f"--responder expects [NAME=]MODEL[@URL[,URL...]], got {spec!r}")
+    base_urls = [u for u in urls.split(",") if u]
+    base_url = base_urls[0] if len(base_urls) == 1 else (base_urls or None)
+    return ResponderConfig(name=name, model=model, base_url=base_url, **options)
+
+
+@app.command("respond")
+@friendly_errors
+def respond_cmd(
+    inp: Annotated[Path, typer.Argument(metavar="IN", help="QA records: a judge (or generate) stage directory.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
+    responder: Annotated[list[str], typer.Option(
+        help="[NAME=]MODEL[@URL[,URL...]] (repeatable): the answers go to response_NAME (default NAME: the "
+             "model's basename); several URLs are replicas, requests spread over them and move off a dead one.")],
+    backend: BackendOpt = ResponderConfig.backend,
+    api_key_env: ApiKeyEnvOpt = ResponderConfig.api_key_env,
+    concurrency: ConcurrencyOpt = ResponderConfig.concurrency,
+    timeout: TimeoutOpt = ResponderConfig.timeout,
+    max_retries: RetriesOpt = ResponderConfig.max_retries,
+    temperature: TemperatureOpt = ResponderConfig.temperature,
+    top_p: TopPOpt = ResponderConfig.top_p,
+    max_new_tokens: MaxNewOpt = ResponderConfig.max_tokens,
+    tensor_parallel_size: TPOpt = ResponderConfig.tensor_parallel_size,
+    part_size: PartSizeOpt = 500,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Have each responder model answer every question over its document (LongBlocks' response_<model> columns)."""
+    from longblocks.config import RespondSection
+    from longblocks.pipeline import run_respond
+
+    options = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
+                   max_retries=max_retries, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                   tensor_parallel_size=tensor_parallel_size)
+    section = RespondSection(responders=[parse_responder(spec, **options) for spec in responder])
+    with progress_bars() as progress:
+        manifest = run_respond(section, inp, out, part_size=part_size, overwrite=overwrite, progress=progress)
+    print_manifest(manifest, out)
+
+
 @app.command("publish")
 @friendly_errors
 def publish_cmd(
@@ -404,6 +456,12 @@ def run(
         manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
     for stage, manifest in manifests.items():
         print_manifest(manifest, cfg.out / stage)
+    if cfg.publish.repo_id:
+        from longblocks.pipeline import run_publish
+
+        summary = run_publish(cfg)
+        console.print(f"[green]publish[/]: {summary['rows']} rows in {len(summary['shards'])} shard(s) "
+                      f"-> {cfg.publish.folder or cfg.out / 'publish'}" + (" (pushed)" if cfg.publish.push else ""))
 
 
 @app.command()

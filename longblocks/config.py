@@ -15,7 +15,7 @@ from longblocks.backends import Backend, RequestCache, Sampling, make_backend
 from longblocks.errors import LongBlocksError
 
 # The stages in pipeline order; each one's directory, manifest `stage` and `[section]` carry this name.
-STAGES = ("sample", "select", "dedup", "generate", "judge")
+STAGES = ("sample", "select", "dedup", "generate", "judge", "respond")
 QUESTION_TYPES = ("summary", "multi_part_retrieval", "multi_hop", "comprehensive", "classification")
 
 # The judge's sampling in every command that runs it (`judge`, `run`, `generate --judge-model`):
@@ -67,6 +67,7 @@ class DedupConfig:
 class GenerateConfig:
     question_types: tuple[str, ...] = QUESTION_TYPES
     n_questions: int = 3
+    code_qa_language: str = "en"  # the natural language of QA pairs about source code
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.question_types if t not in QUESTION_TYPES]
@@ -118,7 +119,7 @@ class BackendConfig:
 
     model: str = ""
     backend: str = "openai"
-    base_url: str | None = None
+    base_url: str | list[str] | None = None  # several: replicas of the model, requests spread over them
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 64
     timeout: float = 1800.0
@@ -149,6 +150,7 @@ class BackendConfig:
 class GenerateSection(BackendConfig):
     question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
     n_questions: int = 3
+    code_qa_language: str = "en"
 
 
 @dataclass
@@ -163,6 +165,51 @@ class JudgeSection(BackendConfig):
 
 
 @dataclass
+class ResponderConfig(BackendConfig):
+    """One model answering every question over its document; `name` is its column suffix
+    (`response_<name>`; default: the model's basename, as LongBlocks names its columns)."""
+
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise LongBlocksError("a responder needs model = \"...\"")
+        from longblocks.records import response_name
+
+        try:
+            self.name = response_name(self.name or self.model)
+        except ValueError as exc:
+            raise LongBlocksError(str(exc)) from None
+
+
+@dataclass
+class RespondSection:
+    """The responders of the respond stage (none: the stage is not run)."""
+
+    responders: list[ResponderConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.responders = [r if isinstance(r, ResponderConfig) else ResponderConfig(**r) for r in self.responders]
+        names = [r.name for r in self.responders]
+        if len(set(names)) != len(names):
+            raise LongBlocksError(f"respond: responder names must differ, got {names}")
+
+
+@dataclass
+class PublishSection:
+    """Hub-ready shards and card written after the last stage (`folder` empty: `<out>/publish`);
+    `repo_id` empty: nothing is published. `push` uploads them (token from HF_TOKEN)."""
+
+    repo_id: str = ""
+    folder: str = ""
+    pretty_name: str = "LongBlocks"
+    max_shard_size: str = "500MB"
+    license: str | None = None
+    push: bool = False
+    private: bool = False
+
+
+@dataclass
 class PipelineConfig:
     out: Path
     source: SourceConfig
@@ -171,6 +218,8 @@ class PipelineConfig:
     dedup_workers: int = 1
     generate: GenerateSection = field(default_factory=GenerateSection)
     judge: JudgeSection = field(default_factory=JudgeSection)
+    respond: RespondSection = field(default_factory=RespondSection)
+    publish: PublishSection = field(default_factory=PublishSection)
     part_size: int = 1000
 
 
@@ -196,7 +245,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         data.setdefault(section, {})[key] = value
     if "filter" in data:
         raise LongBlocksError(f"{path}: the [filter] section is now called [judge] (the stage's one name)")
-    unknown = set(data) - {"run", "source", *STAGES}
+    unknown = set(data) - {"run", "source", "publish", *STAGES}
     if unknown:
         raise LongBlocksError(f"{path}: unknown section(s) {sorted(unknown)}; expected run, source, {', '.join(STAGES)}")
     run = data.get("run", {})
@@ -212,5 +261,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         dedup_workers=int(data.get("dedup", {}).get("workers", 1)),
         generate=_section(data, "generate", GenerateSection),
         judge=_section(data, "judge", JudgeSection),
+        respond=_section(data, "respond", RespondSection),
+        publish=_section(data, "publish", PublishSection),
         part_size=int(run.get("part_size", 1000)),
     )

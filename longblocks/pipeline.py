@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from longblocks.config import GenerateConfig, GenerateSection, JudgeSection, PipelineConfig
+from longblocks.config import GenerateConfig, GenerateSection, JudgeSection, PipelineConfig, RespondSection
 from longblocks.dedup import dedup
 from longblocks.judge import judge_qa
 from longblocks.qa import generate_qa
+from longblocks.respond import respond
 from longblocks.sample import sample
 from longblocks.select import select
 from longblocks.store import Progress
@@ -21,7 +22,8 @@ from longblocks.store import Progress
 def run_generate(section: GenerateSection, in_dir: Path, out_dir: Path, *, part_size: int, overwrite: bool = False,
                  progress: Progress | None = None) -> dict[str, Any]:
     """The generate stage with the section's backend (closed afterwards)."""
-    cfg = GenerateConfig(question_types=tuple(section.question_types), n_questions=section.n_questions)
+    cfg = GenerateConfig(question_types=tuple(section.question_types), n_questions=section.n_questions,
+                         code_qa_language=section.code_qa_language)
     backend = section.build(out_dir)
     try:
         return generate_qa(in_dir, out_dir, cfg, backend, part_size=part_size, overwrite=overwrite, on_progress=progress)
@@ -40,6 +42,19 @@ def run_judge(section: JudgeSection, in_dir: Path, out_dir: Path, *, part_size: 
         backend.close()
 
 
+def run_respond(section: RespondSection, in_dir: Path, out_dir: Path, *, part_size: int, overwrite: bool = False,
+                progress: Progress | None = None) -> dict[str, Any]:
+    """The respond stage with one backend per responder (each with its own request cache)."""
+    backends = {}
+    try:
+        for responder in section.responders:
+            backends[responder.name] = responder.build(out_dir.parent / f"{out_dir.name}.{responder.name}")
+        return respond(in_dir, out_dir, backends, part_size=part_size, overwrite=overwrite, on_progress=progress)
+    finally:
+        for backend in backends.values():
+            backend.close()
+
+
 def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Run every stage in order; each stage's directory is `<out>/<stage>` and resumes on restart."""
     manifests: dict[str, Any] = {}
@@ -53,7 +68,24 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Prog
         return manifests  # no generator configured: the run ends with deduplicated documents
     manifests["generate"] = run_generate(cfg.generate, cfg.out / "dedup", cfg.out / "generate", progress=progress,
                                          **common)
+    qa = cfg.out / "generate"
     if cfg.judge.model and manifests["generate"]["outputs"]["kept"] > 0:
-        manifests["judge"] = run_judge(cfg.judge, cfg.out / "generate", cfg.out / "judge", progress=progress,
-                                       **common)
+        manifests["judge"] = run_judge(cfg.judge, qa, cfg.out / "judge", progress=progress, **common)
+        qa = cfg.out / "judge"
+    if cfg.respond.responders and manifests[qa.name]["outputs"]["kept"] > 0:
+        manifests["respond"] = run_respond(cfg.respond, qa, cfg.out / "respond", progress=progress, **common)
     return manifests
+
+
+def run_publish(cfg: PipelineConfig) -> dict[str, Any]:
+    """Shards and card of the run into the publish folder, then (with `push = true`) the upload."""
+    from longblocks.publish import parse_size, publish
+    from longblocks.push import push
+
+    section = cfg.publish
+    folder = Path(section.folder) if section.folder else cfg.out / "publish"
+    summary = publish(cfg.out, folder, repo_id=section.repo_id, pretty_name=section.pretty_name,
+                      max_shard_size=section.max_shard_size, license=section.license)
+    if section.push:
+        push(folder, section.repo_id, private=section.private, max_bytes=parse_size("2GB"))
+    return summary

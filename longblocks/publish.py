@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from longblocks.errors import LongBlocksError
 from longblocks.records import PROVENANCE_COLUMNS, published_column_names, response_columns
-from longblocks.sources import REGISTRY
+from longblocks.sources import CODE_LANGUAGES, REGISTRY
 from longblocks.store import MANIFEST, STAGES, count_rows, input_files, read_manifest
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
@@ -43,10 +43,10 @@ def _run_dir_and_stage(path: Path) -> tuple[Path, Path]:
     """(run directory, QA stage directory) from either a run directory or a stage directory."""
     if (path / MANIFEST).exists():
         return path.parent, path
-    for stage in ("judge", "generate"):
+    for stage in ("respond", "judge", "generate"):
         if (path / stage / MANIFEST).exists():
             return path, path / stage
-    raise LongBlocksError(f"{path} is neither a QA stage directory nor a run directory with generate/ or judge/")
+    raise LongBlocksError(f"{path} is neither a QA stage directory nor a run directory with generate/, judge/ or respond/")
 
 
 def _table_columns(files: list[Path], working: bool) -> list[str]:
@@ -152,20 +152,22 @@ def publish(
     n_rows = sum(stats["source"].values())
     manifests = {s: read_manifest(run_dir / s) for s in STAGES if (run_dir / s / MANIFEST).exists()}
     source_names = sorted(stats["source"])
+    code = {lang for lang in stats["language"] if lang in CODE_LANGUAGES}  # programming languages: tags, body
     license_id, license_text = _license(source_names, license)
     source_datasets = sorted({REGISTRY[n].hub_id for n in source_names if n in REGISTRY})
     card_data = DatasetCardData(
-        language=sorted(l for l in stats["language"] if len(l) in (2, 3)) or None, license=license_id,
+        language=sorted(l for l in stats["language"] if len(l) in (2, 3) and l not in CODE_LANGUAGES) or None,
+        license=license_id,
         annotations_creators=["machine-generated"], language_creators=["found"],
         task_categories=["question-answering", "text-generation"], size_categories=[size_category(n_rows)],
         source_datasets=source_datasets or None, pretty_name=pretty_name, configs=configs,
-        tags=["long-context", "synthetic", "longblocks"],
+        tags=["long-context", "synthetic", "longblocks", *(["code", *sorted(code)] if code else [])],
     )
     sources = [{"name": n, "rows": c, "license": REGISTRY[n].license if n in REGISTRY else "see the local files"}
                for n, c in stats["source"].most_common()]
     stages = [{"name": s, "consumed": m["inputs"]["consumed"], "kept": m["outputs"]["kept"],
                "rejected": ", ".join(f"{r} {n}" for r, n in m.get("rejected", {}).items())} for s, m in manifests.items()]
-    final = manifests.get("judge") or manifests.get("generate") or {}
+    final = manifests.get("respond") or manifests.get("judge") or manifests.get("generate") or {}
     card = DatasetCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, n_rows=n_rows,
         n_documents=len(doc_ids), sources=sources, languages=stats["language"].most_common(),

@@ -13,6 +13,7 @@ from longblocks.backends import Backend, Completion, Messages
 from longblocks.config import GenerateConfig
 from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema, response_column
 from longblocks.text import prompt_hashes, prompt_text
+from longblocks.sources import is_code
 from longblocks.store import Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records
 
 LANGUAGE_NAMES = {
@@ -45,8 +46,19 @@ def question_type_for(doc_id: str, types: tuple[str, ...]) -> str:
     return types[int(doc_id[:8], 16) % len(types)]
 
 
-def generation_messages(doc: dict[str, Any], question_type: str, n_questions: int) -> Messages:
-    fmt = prompt_text("_format").format(language=language_name(doc["language"]), n_questions=n_questions)
+def language_instruction(doc: dict[str, Any], code_qa_language: str) -> str:
+    """Which language the pairs are written in: the document's own for prose; for source code, a
+    natural language (the document's `language` names the programming language)."""
+    if is_code(doc):
+        return (f"The document is {doc['language']} source code. Write the questions and answers in "
+                f"{language_name(code_qa_language)}; name code elements (functions, classes, files) exactly as written.")
+    return f"Write the questions and answers in the same language as the document ({language_name(doc['language'])})."
+
+
+def generation_messages(doc: dict[str, Any], question_type: str, n_questions: int,
+                        code_qa_language: str = "en") -> Messages:
+    fmt = prompt_text("_format").format(language_instruction=language_instruction(doc, code_qa_language),
+                                        n_questions=n_questions)
     text = prompt_text(question_type).format(document=doc["text"], n_questions=n_questions, format=fmt)
     return [{"role": "user", "content": text}]
 
@@ -142,7 +154,7 @@ def generate_qa(
     """Documents of IN -> QA records in OUT (resumable; finished requests live in the cache)."""
     files = input_files(in_path)
     provenance = {**backend.describe(), "question_types": list(cfg.question_types), "n_questions": cfg.n_questions,
-                  "prompt_sha256": prompt_hashes(list(cfg.question_types))}
+                  "code_qa_language": cfg.code_qa_language, "prompt_sha256": prompt_hashes(list(cfg.question_types))}
     params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
     writer = StageWriter(out_dir, stage="generate", schema=qa_schema(), params=params, inputs=[str(f) for f in files],
                          part_size=part_size, overwrite=overwrite)
@@ -151,7 +163,8 @@ def generate_qa(
     todo = (d for d in read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]) if not writer.is_consumed(d["id"]))
     pairs_kept = pairs_rejected = 0
     for doc, completion in backend.map_ordered(
-        todo, lambda d: generation_messages(d, question_type_for(d["id"], cfg.question_types), cfg.n_questions)
+        todo, lambda d: generation_messages(d, question_type_for(d["id"], cfg.question_types), cfg.n_questions,
+                                            cfg.code_qa_language)
     ):
         outcome = completion_outcome(doc, completion, question_type=question_type_for(doc["id"], cfg.question_types),
                                      generator=backend.model)

@@ -27,6 +27,7 @@ DOCUMENT_SCHEMA = pa.schema(
 # The columns of the public `utter-project/LongBlocks` dataset, in its order and with its types.
 PUBLISHED_COLUMNS: tuple[str, ...] = ("id", "document", "source", "language", "question", "answer")
 RESPONSE_PREFIX = "response_"
+REASONING_PREFIX = "reasoning_"  # a responder's removed reasoning: a working column, never published
 
 # Working columns kept in the run directory next to the published ones.
 PROVENANCE_COLUMNS: tuple[str, ...] = (
@@ -65,6 +66,16 @@ def response_column(model: str) -> str:
     return RESPONSE_PREFIX + name
 
 
+def response_name(model: str) -> str:
+    """A responder's column suffix: the model's basename (`Qwen/Qwen3.5-27B` -> `Qwen3.5-27B`)."""
+    return response_column(model)[len(RESPONSE_PREFIX):]
+
+
+def reasoning_column(model: str) -> str:
+    """The working column holding a responder's reasoning: `reasoning_<model basename>`."""
+    return REASONING_PREFIX + response_name(model)
+
+
 def response_columns(columns: list[str] | tuple[str, ...]) -> list[str]:
     """The `response_<model>` columns among `columns`, in their order."""
     return [c for c in columns if c.startswith(RESPONSE_PREFIX)]
@@ -82,6 +93,7 @@ def qa_schema(response_models: list[str] | tuple[str, ...] = (), *, provenance: 
     fields += [pa.field(response_column(m), pa.string()) for m in response_models]
     if provenance:
         fields += _PROVENANCE_FIELDS
+        fields += [pa.field(reasoning_column(m), pa.string()) for m in response_models]
     return pa.schema(fields)
 
 

@@ -28,10 +28,17 @@ _FINEWEB2_HQ_CONFIGS = {
     "it": "ita_Latn", "ja": "jpn_Jpan", "nl": "nld_Latn", "pl": "pol_Latn", "pt": "por_Latn",
     "ru": "rus_Cyrl", "es": "spa_Latn", "sv": "swe_Latn", "tr": "tur_Latn", "vi": "vie_Latn",
 }
+_ISO639_3 = {
+    "eng": "en", "deu": "de", "fra": "fr", "spa": "es", "ita": "it", "por": "pt", "nld": "nl", "pol": "pl",
+    "rus": "ru", "ukr": "uk", "ces": "cs", "swe": "sv", "dan": "da", "fin": "fi", "nor": "no", "hun": "hu",
+    "ron": "ro", "tur": "tr", "ell": "el", "bul": "bg", "ara": "ar", "fas": "fa", "heb": "he", "hin": "hi",
+    "jpn": "ja", "kor": "ko", "zho": "zh", "vie": "vi", "ind": "id", "cat": "ca", "lat": "la",
+}
 _WIKIPEDIA_LANGUAGES = (
     "en de fr es it pt nl pl ru uk cs sv da fi no hu ro tr el bg ar fa he hi ja ko zh vi id th ca"
 ).split()
-_GUTENBERG_LANGUAGES = ("en", "de", "fr", "es", "it", "nl", "pt", "fi")
+# The splits of manu/project_gutenberg on the Hub, exactly.
+_GUTENBERG_LANGUAGES = ("de", "en", "es", "fr", "it", "nl", "pl", "pt", "ru", "sv", "zh")
 _STACK_EDU_LANGUAGES = {
     "python": "Python", "c": "C", "cpp": "Cpp", "csharp": "CSharp", "go": "Go", "java": "Java",
     "javascript": "JavaScript", "markdown": "Markdown", "php": "PHP", "ruby": "Ruby", "rust": "Rust",
@@ -142,7 +149,7 @@ REGISTRY: dict[str, SourceSpec] = {
             hub_id="institutional/institutional-books-1.0",
             text_field="text_by_page_gen",
             license="public domain books; Institutional Data Initiative terms of use",
-            languages={"en": Slice(), "de": Slice(), "fr": Slice(), "it": Slice(), "es": Slice(), "la": Slice()},
+            languages={lang: Slice() for lang in sorted(set(_ISO639_3.values()))},
             description="Public domain books from Harvard Library (pages joined into one document)",
             id_field="barcode_src",
             notes="gated: accept the terms on the Hub and set HF_TOKEN; language from `language_gen`",
@@ -150,8 +157,10 @@ REGISTRY: dict[str, SourceSpec] = {
     )
 }
 
-# Sources whose languages share one stream and are told apart by a column of the row.
+# Sources whose languages share one stream and are told apart by a column of the row, and the
+# codes that column uses mapped to ours (Institutional Books labels books with ISO 639-3: `eng`).
 _LANGUAGE_COLUMNS = {"institutional-books": "language_gen"}
+_LANGUAGE_CODES = {"institutional-books": _ISO639_3}
 
 
 @dataclass
@@ -206,6 +215,11 @@ class Source:
     @property
     def kind(self) -> str:
         return self.spec.kind if self.spec else "text"
+
+    @property
+    def language_codes(self) -> dict[str, str]:
+        """The source's own language labels mapped to ours (empty: they already are ours)."""
+        return _LANGUAGE_CODES.get(self.spec.name, {}) if self.spec else {}
 
     @property
     def license(self) -> str:
@@ -351,6 +365,7 @@ class Source:
                 yield Candidate(rejection=Rejection(reject_id, problem[0], f"{origin}: row {original_id or index}: {problem[1]}"))
                 continue
             language = fixed_language or str(row.get(language_column or "", None) or self.default_language)
+            language = self.language_codes.get(language, language)
             meta = {"origin": origin, "license": self.license}
             if original_id:
                 meta["original_id"] = original_id

@@ -147,3 +147,31 @@ def test_redis_lsh_storage_gives_the_same_survivors(corpus: tuple[Path, list], r
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=10)
+
+
+def test_cli_deduplicates_across_sources_independent_of_input_order(tmp_path: Path) -> None:
+    """Two sources' select stages as one pool: a document of one that near-duplicates a document of
+    the other is removed once, and the survivors do not depend on the order of the inputs."""
+    import random as _random
+
+    from conftest import cli, random_text
+
+    rng = _random.Random(7)
+    shared = random_text(rng, 400)
+    for name, extra in (("a", "alpha"), ("b", "beta")):
+        folder = tmp_path / f"docs-{name}"
+        folder.mkdir()
+        for i in range(4):
+            (folder / f"{i}.md").write_text(random_text(rng, 400))
+        (folder / "copy.md").write_text(shared.replace(shared.split()[10], extra, 1))  # near-duplicate across sources
+        cli("longblocks", "sample", "--source", f"local:{folder}", "--out", str(tmp_path / f"stage-{name}"))
+    a, b = str(tmp_path / "stage-a"), str(tmp_path / "stage-b")
+    cli("longblocks", "dedup", a, b, str(tmp_path / "ab"))
+    cli("longblocks", "dedup", b, a, str(tmp_path / "ba"))
+    ab = sorted(pq.read_table(tmp_path / "ab" / "data")["id"].to_pylist())
+    ba = sorted(pq.read_table(tmp_path / "ba" / "data")["id"].to_pylist())
+    assert ab == ba and len(ab) == 9  # 10 documents, one cross-source pair
+    rejected = pq.read_table(tmp_path / "ab" / "rejected").to_pylist()
+    assert len(rejected) == 1 and rejected[0]["jaccard"] >= 0.8
+    result = cli("longblocks", "dedup", a, check=False)
+    assert result.returncode == 2 and "at least one input and an output" in result.stderr

@@ -1,0 +1,127 @@
+"""The respond stage: every responder answers every judged question over its document, requests
+spread over a responder's replicas (a dead one's requests move on), a killed run re-sends nothing
+that completed, and the published shards load with LongBlocks' nine columns and train SFT.
+Endpoints are the scripted test-double server over real HTTP; the trainer is the tiny Qwen3."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import cli, cli_killed_at, random_text
+from longblocks.backends import RequestCache
+from longblocks.config import ResponderConfig
+from longblocks.respond import respond_messages
+from openai_double import ScriptedServer, _free_port
+
+# LongBlocks' responders, as its columns name them
+NAMES = ("Qwen3-Next-80B-A3B", "Qwen3.5-27B", "Nemotron-3-Nano-30B-A3B")
+LONGBLOCKS_COLUMNS = ["id", "document", "source", "language", "question", "answer",
+                      *(f"response_{n}" for n in NAMES)]
+
+
+def corpus(root: Path, n: int, modes: tuple[str, ...] = ("good",)) -> Path:
+    rng = random.Random(0)
+    root.mkdir(parents=True)
+    for i in range(n):
+        (root / f"{i:02d}.md").write_text(f"[[mode:{modes[i % len(modes)]}]] " + random_text(rng, 150))
+    return root
+
+
+def pipeline_file(path: Path, docs: Path, out: Path, url: str, dead_url: str, part_size: int = 50) -> Path:
+    responders = "".join(
+        f'[[respond.responders]]\nname = "{name}"\nmodel = "served-{i}"\nbase_url = {urls}\n'
+        for i, (name, urls) in enumerate([(NAMES[0], f'["{dead_url}", "{url}"]'), (NAMES[1], f'"{url}"'),
+                                          (NAMES[2], f'"{url}"')]))
+    path.write_text(f'[run]\nout = "{out}"\npart_size = {part_size}\n[source]\nname = "local:{docs}"\n'
+                    f'[select]\nmin_tokens = 10\n[generate]\nmodel = "scripted-gen"\nbase_url = "{url}"\n'
+                    f'max_retries = 2\n[judge]\nmodel = "scripted-judge"\nbase_url = "{url}"\n{responders}')
+    return path
+
+
+def test_responses_of_every_responder_publish_as_longblocks_and_train(tmp_path: Path, tiny_model_dir: Path) -> None:
+    docs = corpus(tmp_path / "docs", 4)
+    dead = f"http://127.0.0.1:{_free_port()}/v1"  # a replica that is down for the whole run
+    with ScriptedServer() as server:
+        cli("longblocks", "run", str(pipeline_file(tmp_path / "p.toml", docs, tmp_path / "run", server.base_url, dead)))
+    rows = pq.read_table(tmp_path / "run" / "respond" / "data").to_pylist()
+    judged = pq.read_table(tmp_path / "run" / "judge" / "data").num_rows
+    assert len(rows) == judged > 0
+    for row in rows:  # none without its responses, though one replica of the first responder was down
+        assert all(row[f"response_{n}"] for n in NAMES), row
+        assert row[f"reasoning_{NAMES[0]}"] == "separate reasoning field"  # reasoning kept apart
+        assert "Question:" in row[f"response_{NAMES[1]}"]
+    manifest = json.loads((tmp_path / "run" / "respond" / "manifest.json").read_text())
+    assert manifest["responders"][NAMES[0]]["base_url"][1] == server.base_url and not manifest.get("rejected")
+
+    cli("longblocks", "publish", str(tmp_path / "run"), str(tmp_path / "pub"))
+    import datasets
+
+    published = datasets.load_dataset("parquet", data_files=str(tmp_path / "pub" / "data" / "*.parquet"), split="train")
+    assert list(published.features) == LONGBLOCKS_COLUMNS
+    assert all(f == datasets.Value("string") for f in published.features.values())
+
+    config = tmp_path / "sft.toml"
+    config.write_text(f'[model]\npath = "{tiny_model_dir}"\ngradient_checkpointing = false\n'
+                      f'[data]\nmax_seq_len = 1024\nshort_fraction = 0.0\n[[data.long]]\n'
+                      f'path = "{tmp_path / "pub" / "data"}"\ntarget = "response_{NAMES[1]}"\n'
+                      f'[optim]\nsteps = 2\ntokens_per_step = 1024\nwarmup_steps = 1\n'
+                      f'[run]\nout = "{tmp_path / "sft"}"\ntensorboard = false\n')
+    cli("dgrpo-train", "sft", "--config", str(config), timeout=600)
+    assert (tmp_path / "sft" / "final" / "config.json").exists()
+
+
+def test_failed_responses_are_recorded_and_the_row_is_kept(tmp_path: Path) -> None:
+    docs = corpus(tmp_path / "docs", 3, modes=("good", "truncated"))
+    with ScriptedServer() as server:
+        gen = tmp_path / "run"
+        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(gen), "--min-tokens", "10",
+            "--model", "scripted-gen", "--base-url", server.base_url)
+        cli("longblocks", "respond", str(gen / "generate"), str(tmp_path / "resp"),
+            "--responder", f"{NAMES[1]}=served@{server.base_url}")
+    rows = pq.read_table(tmp_path / "resp" / "data").to_pylist()
+    rejected = pq.read_table(tmp_path / "resp" / "rejected").to_pylist()
+    assert len(rows) == pq.read_table(gen / "generate" / "data").num_rows
+    truncated = [r for r in rows if "[[mode:truncated]]" in r["document"]]
+    assert truncated and all(r[f"response_{NAMES[1]}"] is None for r in truncated)
+    assert {r["reason"] for r in rejected} == {"response_truncated"} and len(rejected) == len(truncated)
+
+
+def test_killed_respond_resends_nothing_that_completed(tmp_path: Path) -> None:
+    docs = corpus(tmp_path / "docs", 12)
+    with ScriptedServer() as server:
+        gen = tmp_path / "run"
+        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(gen), "--min-tokens", "10",
+            "--model", "scripted-gen", "--base-url", server.base_url)
+        server.delay = 0.05
+        args = ("longblocks", "respond", str(gen / "generate"), str(tmp_path / "resp"), "--part-size", "3",
+                "--concurrency", "2", "--responder", f"{NAMES[1]}=served@{server.base_url}")
+        before = len(server.prompts)
+        cli_killed_at(tmp_path / "resp" / "consumed" / "part-00001.parquet", *args)
+        first = server.prompts[before:]
+        cache = tmp_path / f"resp.{NAMES[1]}.requests.sqlite"
+        with sqlite3.connect(cache) as db:
+            completed = {k for (k,) in db.execute("SELECT key FROM completions")}
+        assert 0 < len(completed) < 36
+        cli(*args)
+        second = server.prompts[before + len(first):]
+    sampling = ResponderConfig(model="served").sampling()
+    keys = [RequestCache.key("served", sampling, [{"role": "user", "content": p}]) for p in second]
+    assert not set(keys) & completed  # nothing that completed before the kill is sent again
+    rows = pq.read_table(tmp_path / "resp" / "data").to_pylist()
+    assert len(rows) == len({r["id"] for r in rows}) == pq.read_table(gen / "generate" / "data").num_rows
+    assert all(r[f"response_{NAMES[1]}"] for r in rows)
+    assert respond_messages(rows[0])[0]["content"] == f"{rows[0]['document']}\n\n{rows[0]['question']}"
+
+
+@pytest.mark.parametrize("bad", ['name = "x"', 'model = "a/b c"'])
+def test_bad_responder_config_is_one_line(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(f'[run]\nout = "o"\n[source]\nname = "local:."\n[[respond.responders]]\n{bad}\n')
+    result = cli("longblocks", "run", str(path), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
