@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU")
     parser.add_argument("--with-trl-on-cpu", action="store_true", help="with --smoke: run the TRL baseline too")
+    parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.smoke:
         args.lengths, args.longest, args.model, args.vocab = "256", "512", "tiny", 1000
@@ -126,6 +127,9 @@ def main() -> None:
         print(f"| {row['length']:,} | {ours_cells} | {trl_cells} | {ratio} |")
     print(f"longest sequence trained (of {args.longest}): ours {longest['ours'] or 'none'}, "
           f"TRL {longest['trl'] or ('skipped' if args.skip_trl else 'none')}")
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "model": args.model, "attention": args.attn,
+                                         "rows": rows, "longest": longest}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -253,7 +253,57 @@ class OpenAIBackend:
 _END = object()
 
 
-class VLLMBackend:
+class BatchedBackend:
+    """In-process engines: windows of `batch_size` requests, the cached ones answered from the
+    cache and the rest generated together by `_generate`, results in input order. Subclasses set
+    `model`, `sampling`, `batch_size`, `cache`, `stats` and implement `_generate`."""
+
+    name = "batched"
+    model: str
+    sampling: Sampling
+    batch_size: int
+    cache: RequestCache
+    stats: BackendStats
+
+    def _generate(self, batch: list[Messages]) -> list[Completion]:
+        raise NotImplementedError
+
+    def map_ordered(
+        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+    ) -> Iterator[tuple[T, Completion]]:
+        window: list[tuple[T, Messages, str]] = []
+        for item in items:
+            messages = to_messages(item)
+            window.append((item, messages, RequestCache.key(self.model, self.sampling, messages)))
+            if len(window) >= self.batch_size:
+                yield from self._run(window)
+                window = []
+        if window:
+            yield from self._run(window)
+
+    def _run(self, window: list[tuple[T, Messages, str]]) -> Iterator[tuple[T, Completion]]:
+        results: dict[int, Completion] = {}
+        todo = []
+        for i, (_, messages, key) in enumerate(window):
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.stats.cached += 1
+                results[i] = cached
+            else:
+                todo.append(i)
+        if todo:
+            for i, completion in zip(todo, self._generate([window[i][1] for i in todo])):
+                if not completion.error:  # failures are tried again on the next run
+                    self.cache.put(window[i][2], completion)
+                results[i] = completion
+        for i, (item, _, _) in enumerate(window):
+            yield item, results[i]
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class VLLMBackend(BatchedBackend):
     """In-process `vllm.LLM` for GPU hosts: batches of chats through vLLM's scheduler."""
 
     name = "vllm"
@@ -280,45 +330,16 @@ class VLLMBackend:
         return {"backend": self.name, "model": self.model, "sampling": asdict(self.sampling),
                 "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len}
 
-    def map_ordered(
-        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
-    ) -> Iterator[tuple[T, Completion]]:
-        window: list[tuple[T, Messages, str]] = []
-        for item in items:
-            messages = to_messages(item)
-            window.append((item, messages, RequestCache.key(self.model, self.sampling, messages)))
-            if len(window) >= self.batch_size:
-                yield from self._run(window)
-                window = []
-        if window:
-            yield from self._run(window)
-
-    def _run(self, window: list[tuple[T, Messages, str]]) -> Iterator[tuple[T, Completion]]:
-        results: dict[int, Completion] = {}
-        todo = []
-        for i, (_, messages, key) in enumerate(window):
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.stats.cached += 1
-                results[i] = cached
-            else:
-                todo.append(i)
-        if todo:
-            self.stats.sent += len(todo)
-            outputs = self.llm.chat([window[i][1] for i in todo], self.params, use_tqdm=False)
-            for i, output in zip(todo, outputs):
-                out = output.outputs[0]
-                text, thought = split_reasoning(out.text)
-                completion = Completion(text=text, reasoning=thought, finish_reason=out.finish_reason,
-                                        prompt_tokens=len(output.prompt_token_ids or []),
-                                        completion_tokens=len(out.token_ids))
-                self.cache.put(window[i][2], completion)
-                results[i] = completion
-        for i, (item, _, _) in enumerate(window):
-            yield item, results[i]
-
-    def close(self) -> None:
-        self.cache.close()
+    def _generate(self, batch: list[Messages]) -> list[Completion]:
+        self.stats.sent += len(batch)
+        completions = []
+        for output in self.llm.chat(batch, self.params, use_tqdm=False):
+            out = output.outputs[0]
+            text, thought = split_reasoning(out.text)
+            completions.append(Completion(text=text, reasoning=thought, finish_reason=out.finish_reason,
+                                          prompt_tokens=len(output.prompt_token_ids or []),
+                                          completion_tokens=len(out.token_ids)))
+        return completions
 
 
 class Backend(Protocol):
@@ -342,7 +363,12 @@ def make_backend(kind: str, model: str, **options: Any) -> Backend:
     if kind == "openai":
         allowed = {"base_url", "api_key_env", "sampling", "concurrency", "timeout", "max_retries", "backoff", "cache"}
         return OpenAIBackend(model, **{k: v for k, v in options.items() if k in allowed})
+    if kind == "transformers":
+        from longblocks.transformers_backend import TransformersBackend
+
+        allowed = {"sampling", "batch_size", "max_model_len", "cache", "trust_remote_code"}
+        return TransformersBackend(model, **{k: v for k, v in options.items() if k in allowed})
     if kind == "vllm":
         allowed = {"sampling", "tensor_parallel_size", "max_model_len", "batch_size", "cache", "trust_remote_code"}
         return VLLMBackend(model, **{k: v for k, v in options.items() if k in allowed})
-    raise LongBlocksError(f"unknown backend {kind!r}; use openai or vllm")
+    raise LongBlocksError(f"unknown backend {kind!r}; use openai, transformers or vllm")

@@ -70,14 +70,14 @@ def progress_bars() -> Iterator[Progress]:
         yield update
 
 
-def parse_quotas(value: str | None) -> dict[str, int] | None:
+def parse_quotas(value: str | None, flag: str = "--quota") -> dict[str, int] | None:
     if not value:
         return None
     quotas = {}
     for item in value.split(","):
         lang, sep, count = item.partition("=")
         if not sep or not count.strip().isdigit():
-            raise LongBlocksError(f"--quota expects LANG=N[,LANG=N...], got {item!r}")
+            raise LongBlocksError(f"{flag} expects KEY=N[,KEY=N...], got {item!r}")
         quotas[lang.strip()] = int(count)
     return quotas
 
@@ -90,6 +90,8 @@ def print_manifest(manifest: dict[str, Any], out: Path) -> None:
     )
     for reason, n in rejected.items():
         console.print(f"  rejected {reason}: {n}")
+    for quota, missing in manifest.get("unmet", {}).items():
+        console.print(f"  [yellow]the source ran out[/]: {quota} is {missing} document(s) short of its quota")
 
 
 SourceOpt = Annotated[str, typer.Option("--source", "-s", help="Registry name (see `longblocks sources`) or local:PATH.")]
@@ -146,18 +148,35 @@ def sample_cmd(
     text_field: TextFieldOpt = None,
     include: IncludeOpt = None,
     hub_id: HubIdOpt = None,
+    bin_quota: Annotated[str | None, typer.Option(help="Per length bin, for each of --languages: e.g. "
+                                                       "16k-32k=500,32k-64k=1000. Counts documents that pass "
+                                                       "selection (--tokenizer, --min/--max-tokens, --bins).")] = None,
+    bins: Annotated[str, typer.Option(help="Length-bin edges in tokens, comma-separated.")] =
+        ",".join(map(str, SelectConfig.bins)),
+    tokenizer: TokenizerOpt = "approx",
+    min_tokens: MinTokOpt = SelectConfig.min_tokens,
+    max_tokens: MaxTokOpt = SelectConfig.max_tokens,
     part_size: PartSizeOpt = 1000,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Sample documents from a source into OUT (parquet parts + rejected/ + manifest.json)."""
     from longblocks.sample import sample
+    from longblocks.select import admit_selected
 
     cfg = _source_config(source, languages, per_language, quota, seed, text_field, include, hub_id)
+    cfg.bin_quotas = parse_quotas(bin_quota, flag="--bin-quota")
     quotas = cfg.resolved_quotas()
-    resolved = cfg.source()
+    admit, key = None, None
+    if cfg.bin_quotas:
+        select_cfg = SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens,
+                                  bins=tuple(int(b) for b in bins.split(",")))
+        unknown = set(cfg.bin_quotas) - set(select_cfg.bin_labels())
+        if unknown:
+            raise LongBlocksError(f"--bin-quota: unknown bin(s) {sorted(unknown)}; bins are {select_cfg.bin_labels()}")
+        admit, key = admit_selected(select_cfg)
     with progress_bars() as progress:
-        manifest = sample(resolved, out, quotas=quotas, seed=seed, part_size=part_size, overwrite=overwrite,
-                          on_progress=progress)
+        manifest = sample(cfg.source(), out, quotas=quotas, seed=seed, part_size=part_size, overwrite=overwrite,
+                          on_progress=progress, admit=admit, quota_key=key)
     print_manifest(manifest, out)
 
 
@@ -220,7 +239,8 @@ def dedup_cmd(
                   f"verified {report['verified_pairs']} (datasketch {report['datasketch_version']}, {report['hashing_scheme']})")
 
 
-BackendOpt = Annotated[str, typer.Option(help="openai (any OpenAI-compatible server) or vllm (in-process, GPU hosts).")]
+BackendOpt = Annotated[str, typer.Option(help="openai (any OpenAI-compatible server), transformers (in-process, any "
+                                              "machine, CPU included) or vllm (in-process, GPU hosts).")]
 BaseUrlOpt = Annotated[str | None, typer.Option(help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")]
 ApiKeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key (never logged or stored).")]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight at once.")]
@@ -327,6 +347,10 @@ def judge_cmd(
     local_span_window: Annotated[int, typer.Option(help="Also reject answers whose words all fit in one window of "
                                                         "this many document words (0: off).")] =
         JudgeSection.local_span_window,
+    mode: Annotated[str, typer.Option(help="text: verdicts parsed from one completion per document; choice: each "
+                                           "check a constrained yes/no from log-probabilities (transformers "
+                                           "backend; for models too small to write the verdict format).")] =
+        JudgeSection.mode,
     part_size: PartSizeOpt = 500,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -336,7 +360,7 @@ def judge_cmd(
     section = JudgeSection(model=model, backend=backend, base_url=base_url, api_key_env=api_key_env,
                            concurrency=concurrency, timeout=timeout, max_retries=max_retries, temperature=temperature,
                            top_p=top_p, max_tokens=max_new_tokens, cache=cache,
-                           tensor_parallel_size=tensor_parallel_size, local_span_window=local_span_window)
+                           tensor_parallel_size=tensor_parallel_size, local_span_window=local_span_window, mode=mode)
     with progress_bars() as progress:
         manifest = run_judge(section, inp, out, part_size=part_size, overwrite=overwrite, progress=progress)
     print_manifest(manifest, out)

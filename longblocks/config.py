@@ -33,10 +33,30 @@ class SelectConfig:
     min_alpha_fraction: float = 0.5
     max_mean_line_length: int = 400
     trust_remote_code: bool = False
+    # Length bins in tokens, as edges: [8k, 16k), [16k, 32k), [32k, 64k), [64k, 128k]; quotas per bin
+    # (`[source] bin_quotas`) count documents by the bin their token count falls in.
+    bins: tuple[int, ...] = (8192, 16384, 32768, 65536, 131072)
 
     def __post_init__(self) -> None:
         if self.min_tokens < 0 or self.max_tokens < self.min_tokens:
             raise LongBlocksError(f"need 0 <= min_tokens <= max_tokens, got [{self.min_tokens}, {self.max_tokens}]")
+        object.__setattr__(self, "bins", tuple(self.bins))
+        if len(self.bins) < 2 or list(self.bins) != sorted(set(self.bins)):
+            raise LongBlocksError(f"select.bins must be at least two increasing token counts, got {list(self.bins)}")
+
+    def bin_labels(self) -> list[str]:
+        return [f"{_k(lo)}-{_k(hi)}" for lo, hi in zip(self.bins, self.bins[1:])]
+
+    def bin_of(self, n_tokens: int) -> str | None:
+        """The label of the bin `n_tokens` falls in (the last bin includes its upper edge)."""
+        for label, lo, hi in zip(self.bin_labels(), self.bins, self.bins[1:]):
+            if lo <= n_tokens < hi or (hi == self.bins[-1] and n_tokens == hi):
+                return label
+        return None
+
+
+def _k(tokens: int) -> str:
+    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,9 @@ class SourceConfig:
     languages: list[str] | None = None
     per_language: int | None = None
     quotas: dict[str, int] | None = None
+    # Per length bin, for each language: {"32k-64k" = 1000}; the quota counts documents that pass
+    # selection (sampling selects as it streams), keyed "language/bin".
+    bin_quotas: dict[str, int] | None = None
     seed: int = 0
     text_field: str | None = None
     include: list[str] = field(default_factory=list)
@@ -92,6 +115,11 @@ class SourceConfig:
     max_bytes: int | None = None
 
     def resolved_quotas(self) -> dict[str, int] | None:
+        if self.bin_quotas:
+            languages = self.languages or sorted(self.quotas or ())
+            if not languages:
+                raise LongBlocksError("source.bin_quotas needs source.languages")
+            return {f"{lang}/{label}": n for lang in languages for label, n in self.bin_quotas.items()}
         if self.quotas:
             return dict(self.quotas)
         if self.languages:
@@ -121,7 +149,8 @@ class BackendConfig:
     backend: str = "openai"
     base_url: str | list[str] | None = None  # several: replicas of the model, requests spread over them
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 64
+    concurrency: int = 64  # openai: requests in flight
+    batch_size: int = 8  # transformers / vllm: requests generated together
     timeout: float = 1800.0
     max_retries: int = 6
     temperature: float = 0.6
@@ -139,10 +168,13 @@ class BackendConfig:
 
     def build(self, stage_dir: Path) -> Backend:
         cache = RequestCache(Path(self.cache) if self.cache else stage_dir.parent / f"{stage_dir.name}.requests.sqlite")
+        from longblocks.local_models import resolve_model
+
         return make_backend(
-            self.backend, self.model, base_url=self.base_url, api_key_env=self.api_key_env, sampling=self.sampling(),
-            concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries, cache=cache,
-            tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len,
+            self.backend, resolve_model(self.model), base_url=self.base_url, api_key_env=self.api_key_env,
+            sampling=self.sampling(), concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries,
+            cache=cache, tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len,
+            batch_size=self.batch_size,
         )
 
 
@@ -162,6 +194,7 @@ class JudgeSection(BackendConfig):
     max_tokens: int = JUDGE_SAMPLING.max_tokens
     seed: int | None = JUDGE_SAMPLING.seed
     local_span_window: int = 0
+    mode: str = "text"  # text: verdicts parsed from one completion; choice: constrained yes/no per check
 
 
 @dataclass
@@ -177,7 +210,7 @@ class ResponderConfig(BackendConfig):
         from longblocks.records import response_name
 
         try:
-            self.name = response_name(self.name or self.model)
+            self.name = response_name(self.name or self.model.replace("{smollm2}", "SmolLM2-135M-Instruct"))
         except ValueError as exc:
             raise LongBlocksError(str(exc)) from None
 

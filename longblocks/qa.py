@@ -31,6 +31,8 @@ _LABEL_RE = re.compile(
     re.IGNORECASE,
 )
 _ANSWER_SET = set(_ANSWER_LABELS.split("|"))
+# The format's own placeholders (prompts/_format.txt) copied back instead of a pair.
+_PLACEHOLDER_RE = re.compile(r"^\W*the (question|answer)\W*$", re.IGNORECASE)
 _REFERENTIAL_RE = re.compile(
     r"\b(the (?:given |above |provided )?(?:text|document|passage|excerpt|article)|(?:this|above) (?:text|passage|document))\b",
     re.IGNORECASE,
@@ -134,6 +136,9 @@ def completion_outcome(
             rejected.append(reject("duplicate_question", question[:200], 1000 + i))
             continue
         seen.add(question.lower())
+        if _PLACEHOLDER_RE.match(question) or _PLACEHOLDER_RE.match(answer):
+            rejected.append(reject("template_echo", f"{question[:100]} / {answer[:100]}", 3000 + i))
+            continue
         if _REFERENTIAL_RE.search(question):
             rejected.append(reject("not_self_contained", question[:200], 2000 + i))
             continue

@@ -111,6 +111,24 @@ def select_batch(docs: list[dict[str, Any]], cfg: SelectConfig, count_tokens: To
     return [o for o in outcomes if o is not None]
 
 
+def admit_selected(cfg: SelectConfig, count_tokens: TokenCounter | None = None) -> tuple[
+        Callable[[dict[str, Any]], dict[str, Any] | Rejection], Callable[[dict[str, Any]], str]]:
+    """For sampling with per-bin quotas: `admit(doc)` applies this selection to one document (the
+    document with its token count, or why it goes), and `key(doc)` is its quota key `language/bin`."""
+    counter = count_tokens or load_token_counter(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+
+    def admit(doc: dict[str, Any]) -> dict[str, Any] | Rejection:
+        outcome = select_batch([doc], cfg, counter)[0]
+        if outcome.rejected:
+            return outcome.rejected[0]
+        kept = outcome.kept[0]
+        if cfg.bin_of(kept["n_tokens"]) is None:
+            return Rejection(doc["id"], "outside_bins", f"{kept['n_tokens']} tokens, bins {list(cfg.bins)}")
+        return kept
+
+    return admit, lambda doc: f"{doc['language']}/{cfg.bin_of(doc['n_tokens'])}"
+
+
 def select(
     in_path: str | Path,
     out_dir: str | Path,
@@ -123,7 +141,7 @@ def select(
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     files = input_files(in_path)
-    params = {**asdict(cfg), "inputs": [str(Path(f).resolve()) for f in files]}
+    params = {**asdict(cfg), "bins": list(cfg.bins), "inputs": [str(Path(f).resolve()) for f in files]}
     writer = StageWriter(
         out_dir, stage="select", schema=DOCUMENT_SCHEMA, params=params, inputs=[str(f) for f in files],
         part_size=part_size, overwrite=overwrite,

@@ -248,14 +248,17 @@ class StageWriter:
     def kept_count(self) -> int:
         return self.manifest["outputs"]["kept"] + sum(len(o.kept) for o in self._pending)
 
-    def kept_counts_by(self, column: str) -> Counter[str]:
-        """Counts of committed and pending kept records by the value of one column."""
+    def kept_counts_by(self, column: str, key: Callable[[dict[str, Any]], str] | None = None,
+                       columns: Sequence[str] = ()) -> Counter[str]:
+        """Counts of committed and pending kept records by the value of one column (or by
+        `key(record)` over `column` and `columns`)."""
+        key = key or (lambda record: record[column])
         counts: Counter[str] = Counter()
         for part in self.manifest["outputs"]["parts"]:
-            table = pq.read_table(self.out_dir / DATA_DIR / f"{part['name']}.parquet", columns=[column])
-            counts.update(table[column].to_pylist())
+            table = pq.read_table(self.out_dir / DATA_DIR / f"{part['name']}.parquet", columns=[column, *columns])
+            counts.update(key(r) for r in table.to_pylist())
         for outcome in self._pending:
-            counts.update(r[column] for r in outcome.kept)
+            counts.update(key(r) for r in outcome.kept)
         return counts
 
     # -- writing ---------------------------------------------------------------------------------

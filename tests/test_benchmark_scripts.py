@@ -49,3 +49,54 @@ def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
                              "--seeds", "0"], capture_output=True, text=True, timeout=600, check=True)
     rows = [l for l in result.stdout.splitlines() if l.startswith("| ") and not l.startswith("| arm")]
     assert [r.split(" | ")[0].strip("| ") for r in rows] == ["sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"]
+
+
+def test_gpu_campaign_part_runs_and_writes_its_results_section(tmp_path: Path) -> None:
+    """`gpu_check.py --part kernels --smoke` on CPU: the steps run within the budget, their JSON lands
+    in OUT, and `--write-results` turns it into one RESULTS.md section (replaced, not appended, on re-run)."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--part", "kernels", "--smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    import json
+
+    part = json.loads((out / "part-kernels.json").read_text())
+    assert [s["outcome"] for s in part["steps"]] == ["ok", "ok"] and part["environment"]["torch"]
+    assert (out / "kernels.json").exists() and (out / "pytest-gpu.xml").exists()
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nkept text\n")
+    for _ in range(2):
+        subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--write-results", str(out), "--results", str(results)],
+                       cwd=ROOT, check=True, capture_output=True, timeout=120)
+    text = results.read_text()
+    assert text.startswith("# Results\n\nkept text") and text.count("## GPU campaign") == 1
+    assert "| (c) dGRPO head |" in text and "pytest -m gpu: ok" in text
+
+
+def test_budget_stops_a_part_and_says_so(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--part", "kernels", "--smoke", "--budget", "8",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    import json
+
+    outcomes = [s["outcome"] for s in json.loads((tmp_path / "part-kernels.json").read_text())["steps"]]
+    # 8 s cannot hold both steps (the kernel benchmark alone takes longer): the part stops and says so
+    assert done.returncode == 1 and outcomes[-1].startswith(("stopped after", "not run")), outcomes
+
+
+def test_trainer_imports_without_the_pipeline_dependencies() -> None:
+    """The GPU image has no datasets, polars, datasketch, openai, vLLM, TRL or Liger: the trainer and
+    its CLI must import without them (they are imported lazily where a feature needs them)."""
+    code = (
+        "import sys, importlib.abc\n"
+        "BLOCKED = {'datasets', 'polars', 'datasketch', 'openai', 'vllm', 'trl', 'liger_kernel'}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import trainer.cli, trainer.sft, trainer.rl, trainer.eval.run, trainer.recipes.replicate, trainer.kernels\n"
+        "from trainer.cli import app\n"
+        "print('imported')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr

@@ -13,6 +13,7 @@ from longblocks.records import (
     published_column_names,
     qa_id,
     qa_schema,
+    reasoning_column,
     response_column,
 )
 from longblocks.store import Outcome, StageWriter
@@ -59,7 +60,8 @@ def test_qa_shard_written_by_store_loads_with_longblocks_columns(tmp_path: Path)
     assert ds.column_names[: len(published)] == LONGBLOCKS_COLUMNS
     for name in LONGBLOCKS_COLUMNS:
         assert ds.features[name] == datasets.Value("string"), name
-    assert set(ds.column_names) - set(published) == {"doc_id", "question_type", "generator", "judge_verdict", "judge_reasons"}
+    assert set(ds.column_names) - set(published) == {"doc_id", "question_type", "generator", "judge_verdict",
+                                                      "judge_reasons", *(reasoning_column(m) for m in MODELS)}
 
 
 def test_document_schema_fields() -> None:

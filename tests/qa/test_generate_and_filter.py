@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, random_text
-from longblocks.backends import OpenAIBackend, RequestCache, Sampling
+from longblocks.backends import Completion, OpenAIBackend, RequestCache, Sampling
 from longblocks.text import split_reasoning
 from longblocks.judge import parse_verdicts
-from longblocks.qa import parse_pairs
+from longblocks.qa import completion_outcome, parse_pairs
 from openai_double import ScriptedServer
 
 MODES = ["good", "malformed", "truncated", "thinking", "overthinking", "german", "referential",
@@ -195,3 +195,44 @@ def test_backend_cache_is_keyed_by_model_sampling_and_messages(tmp_path: Path) -
         again = list(backend.map_ordered(["[[mode:good]] a"], lambda s: [{"role": "user", "content": s}]))
         backend.close()
     assert again[0][1].cached and server.requests["good"] == 1
+
+
+def test_choice_checks_are_calibrated_against_the_content_free_pair() -> None:
+    """Mode "choice": a check passes when the pair makes "yes" likelier than the content-free pair
+    does (a 135M judge says yes 20-40% of the time whatever it reads), not when P(yes) > 1/2."""
+    from longblocks.judge import CHECKS, _choice_verdicts
+
+    baselines = {check: 0.2 for check in CHECKS}
+    answers = {1: {check: {"yes": 0.35, "no": 0.65} for check in CHECKS},
+               2: {**{check: {"yes": 0.35, "no": 0.65} for check in CHECKS}, "supported": {"yes": 0.15, "no": 0.85}},
+               3: {**{check: {"yes": 0.9, "no": 0.1} for check in CHECKS}, "complete": "prompt does not fit"}}
+    verdicts = _choice_verdicts(answers, baselines)
+    assert verdicts[1].passed and "supported p(yes)=0.35 vs 0.20" in verdicts[1].reasons[-1]
+    assert not verdicts[2].passed and verdicts[2].reasons[0] == "unsupported"
+    assert not verdicts[3].passed and verdicts[3].reasons[:2] == ["judge_request_failed", "complete: prompt does not fit"]
+
+
+def test_choice_mode_needs_a_backend_that_scores_choices(tmp_path: Path) -> None:
+    from longblocks.errors import LongBlocksError
+    from longblocks.judge import judge_qa
+
+    backend = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(LongBlocksError, match='mode "choice" needs a backend that scores choices'):
+        judge_qa(tmp_path / "in", tmp_path / "out", backend, mode="choice")
+
+
+def test_the_format_placeholders_copied_back_are_rejected() -> None:
+    doc = {"id": "d1", "text": "x", "source": "local", "language": "en"}
+    text = "Question: <the question>\nAnswer: <the answer>\n\nQuestion: What is x?\nAnswer: x is a letter."
+    outcome = completion_outcome(doc, Completion(text=text, finish_reason="stop"), question_type="summary", generator="g")
+    assert [r["question"] for r in outcome.kept] == ["What is x?"]
+    assert [r.reason for r in outcome.rejected] == ["template_echo"]
+
+
+def test_rule_failures_no_judge_should_pass() -> None:
+    from longblocks.judge import rule_failure
+
+    assert rule_failure("How to create a new file in Python?", "How to create a new file in Python?")[0] == "malformed"
+    assert rule_failure("How to create a list?", "The answer to this question is:")[0] == "incomplete"
+    assert rule_failure("What does os.path.join do?", "It joins path parts with the separator: / or \\\\.") is None
+    assert rule_failure("Which two steps?", "There are two steps: first X, then Y.") is None
