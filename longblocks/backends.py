@@ -25,6 +25,7 @@ from longblocks.errors import LongBlocksError
 from longblocks.text import split_reasoning
 
 T = TypeVar("T")
+R = TypeVar("R")
 Messages = list[dict[str, str]]
 
 
@@ -271,31 +272,41 @@ class BatchedBackend:
     def map_ordered(
         self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
     ) -> Iterator[tuple[T, Completion]]:
+        return self._map(items, to_messages, self.model, self._generate, lambda c: None if c.error else c, lambda c: c)
+
+    def _map(self, items: Iterable[T], to_messages: Callable[[T], Messages], key_model: str,
+             compute: Callable[[list[Messages]], list[R]], store: Callable[[R], Completion | None],
+             load: Callable[[Completion], R]) -> Iterator[tuple[T, R]]:
+        """Windows of `batch_size` requests keyed by `key_model`: the cached ones `load`ed from the
+        cache, the rest `compute`d together and cached as `store` makes them (None: a failure, tried
+        again on the next run); results in input order."""
         window: list[tuple[T, Messages, str]] = []
         for item in items:
             messages = to_messages(item)
-            window.append((item, messages, RequestCache.key(self.model, self.sampling, messages)))
+            window.append((item, messages, RequestCache.key(key_model, self.sampling, messages)))
             if len(window) >= self.batch_size:
-                yield from self._run(window)
+                yield from self._run(window, compute, store, load)
                 window = []
         if window:
-            yield from self._run(window)
+            yield from self._run(window, compute, store, load)
 
-    def _run(self, window: list[tuple[T, Messages, str]]) -> Iterator[tuple[T, Completion]]:
-        results: dict[int, Completion] = {}
+    def _run(self, window: list[tuple[T, Messages, str]], compute: Callable[[list[Messages]], list[R]],
+             store: Callable[[R], Completion | None], load: Callable[[Completion], R]) -> Iterator[tuple[T, R]]:
+        results: dict[int, R] = {}
         todo = []
-        for i, (_, messages, key) in enumerate(window):
+        for i, (_, _, key) in enumerate(window):
             cached = self.cache.get(key)
             if cached is not None:
                 self.stats.cached += 1
-                results[i] = cached
+                results[i] = load(cached)
             else:
                 todo.append(i)
         if todo:
-            for i, completion in zip(todo, self._generate([window[i][1] for i in todo])):
-                if not completion.error:  # failures are tried again on the next run
-                    self.cache.put(window[i][2], completion)
-                results[i] = completion
+            for i, result in zip(todo, compute([window[i][1] for i in todo])):
+                entry = store(result)
+                if entry is not None:
+                    self.cache.put(window[i][2], entry)
+                results[i] = result
         for i, (item, _, _) in enumerate(window):
             yield item, results[i]
 

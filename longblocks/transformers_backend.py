@@ -55,34 +55,10 @@ class TransformersBackend(BatchedBackend):
         """A constrained choice per item: the probability of each choice as the reply's first token
         (its spellings with and without a leading space or capital summed), normalised over the
         choices; or an error string. Answered from / stored in the request cache like completions."""
-        window: list[tuple[T, Messages, str]] = []
-        for item in items:
-            messages = to_messages(item)
-            window.append((item, messages, RequestCache.key(f"{self.model}#choice:{'|'.join(choices)}", self.sampling,
-                                                            messages)))
-            if len(window) >= self.batch_size:
-                yield from self._choose(window, choices)
-                window = []
-        if window:
-            yield from self._choose(window, choices)
-
-    def _choose(self, window: list[tuple[T, Messages, str]],
-                choices: tuple[str, ...]) -> Iterator[tuple[T, dict[str, float] | str]]:
-        results: dict[int, dict[str, float] | str] = {}
-        todo = []
-        for i, (_, _, key) in enumerate(window):
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.stats.cached += 1
-                results[i] = json.loads(cached.text)
-            else:
-                todo.append(i)
-        for i, probs in zip(todo, self._choice_probs([window[i][1] for i in todo], choices)):
-            if isinstance(probs, dict):
-                self.cache.put(window[i][2], Completion(text=json.dumps(probs), finish_reason="choice"))
-            results[i] = probs
-        for i, (item, _, _) in enumerate(window):
-            yield item, results[i]
+        return self._map(items, to_messages, f"{self.model}#choice:{'|'.join(choices)}",
+                         lambda batch: self._choice_probs(batch, choices),
+                         lambda probs: Completion(text=json.dumps(probs), finish_reason="choice") if isinstance(probs, dict) else None,
+                         lambda cached: json.loads(cached.text))
 
     def _choice_probs(self, batch: list[Messages], choices: tuple[str, ...]) -> list[dict[str, float] | str]:
         """Requests that share a long prefix of tokens (one document's checks) pay for it once: the

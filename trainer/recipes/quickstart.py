@@ -134,14 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = str(Path(args.data) / "data") if (Path(args.data) / "data").is_dir() else args.data
     teacher = Path(resolve_model(args.teacher))
-    student = build_student(teacher, out / "student-init", args.student_layers or scale.student_layers)
+    layers = args.student_layers or scale.student_layers
+    student = build_student(teacher, out / "student-init", layers)
     sft = run_sft(student, data, out / "sft", scale, args.max_len)
     final = run_dgrpo(sft, teacher, data, out / "dgrpo", scale, args.max_len)
     results = evaluate(EvalConfig(model=str(final), tasks="niah_single_words,short_recall", lengths=str(scale.eval_length),
                                   samples=scale.eval_samples, out=str(out / "eval"), seed=0))
-    curves = plot(metrics(out / "sft"), metrics(out / "dgrpo"), out)
     rl = metrics(out / "dgrpo")
-    print(f"student: {out / 'student-init'} ({args.student_layers or scale.student_layers} layers of {teacher.name})")
+    curves = plot(metrics(out / "sft"), rl, out)
+    print(f"student: {out / 'student-init'} ({layers} layers of {teacher.name})")
     print(f"dGRPO teacher KL {rl[0]['teacher_kl']:.3f} -> {rl[-1]['teacher_kl']:.3f} over {len(rl)} steps; "
           f"reward {rl[0]['reward_mean']:.3f} -> {rl[-1]['reward_mean']:.3f}")
     print(f"eval: {json.dumps(results['scores'])} -> {out / 'eval'}")
