@@ -82,11 +82,18 @@ def parse_quotas(value: str | None, flag: str = "--quota") -> dict[str, int] | N
     return quotas
 
 
+# what a stage consumes, keeps and rejects (generate reads documents and writes pairs; respond keeps
+# every pair and records each failed response)
+STAGE_UNITS = {"generate": ("documents", "pairs", "pairs"), "judge": ("pairs", "pairs", "pairs"),
+               "respond": ("pairs", "pairs", "responses")}
+
+
 def print_manifest(manifest: dict[str, Any], out: Path) -> None:
     rejected = manifest.get("rejected", {})
+    consumed, kept, lost = STAGE_UNITS.get(manifest["stage"], ("documents", "documents", "documents"))
     console.print(
-        f"[green]{manifest['stage']}[/]: kept {manifest['outputs']['kept']}, rejected {sum(rejected.values())} "
-        f"of {manifest['inputs']['consumed']} -> {out}"
+        f"[green]{manifest['stage']}[/]: {manifest['inputs']['consumed']} {consumed} in, kept "
+        f"{manifest['outputs']['kept']} {kept}, rejected {sum(rejected.values())} {lost} -> {out}"
     )
     for reason, n in rejected.items():
         console.print(f"  rejected {reason}: {n}")

@@ -88,7 +88,7 @@ def test_trainer_imports_without_the_pipeline_dependencies() -> None:
     its CLI must import without them (they are imported lazily where a feature needs them)."""
     code = (
         "import sys, importlib.abc\n"
-        "BLOCKED = {'datasets', 'polars', 'datasketch', 'openai', 'vllm', 'trl', 'liger_kernel'}\n"
+        "BLOCKED = {'datasets', 'polars', 'datasketch', 'openai', 'vllm', 'trl', 'liger_kernel', 'wonderwords'}\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
         "        if name.split('.')[0] in BLOCKED:\n"

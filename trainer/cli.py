@@ -70,28 +70,35 @@ replayed rollouts, `--data.replay=DIR`). Rollouts with `--rollout.engine=hf` (tr
 @app.command()
 def eval(  # noqa: A001 - the command is named eval
     model: Annotated[str, typer.Option("--model", help="A save_pretrained folder (e.g. run.out/final) or Hub id.")],
-    tasks: Annotated[str, typer.Option(help="ruler (all RULER tasks + short sanity tasks; + qa with --qa-data) "
-                                            "or a comma list, e.g. niah_multikey,vt,qa.")] = "ruler",
+    tasks: Annotated[str, typer.Option(help="ruler (RULER's 13 tasks: niah_single_1..3, niah_multikey_1..3, "
+                                            "niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2), extra (ours: "
+                                            "short_arithmetic, short_recall, longblocks_qa), or a comma list of names.")] = "ruler,extra",
     lengths: Annotated[str, typer.Option(help="Prompt lengths in the model's own tokens.")] = "4096,8192,16384",
     samples: Annotated[int, typer.Option(help="Samples per task and length.")] = 20,
     engine: Annotated[str, typer.Option(help="hf (transformers generate) or vllm.")] = "hf",
     out: Annotated[Path, typer.Option(help="Writes results.json, samples.jsonl, scores.png here.")] = Path("runs/eval"),
     seed: Annotated[int, typer.Option(help="Seeds every generated sample.")] = 0,
-    haystack: Annotated[str, typer.Option(help="noise (RULER's filler) or local:PATH (words of .txt/.md files).")] = "noise",
-    qa_data: Annotated[str, typer.Option(help="Parquet with document/question/answer for the qa task.")] = "",
+    haystack: Annotated[str, typer.Option(help="RULER's essay haystack (Paul Graham's essays): local:PATH to .txt/.md "
+                                               "files or PaulGrahamEssays.json. Without it the essay tasks run on the "
+                                               "noise haystack, with a warning and a note in results.json.")] = "",
+    qa_source: Annotated[str, typer.Option(help="RULER's QA data: squad=PATH (SQuAD v2 dev JSON, qa_1) and/or "
+                                                "hotpotqa=PATH (HotpotQA dev distractor JSON, qa_2).")] = "",
+    qa_data: Annotated[str, typer.Option(help="Parquet with document/question/answer (our shards): longblocks_qa, and "
+                                              "qa_1/qa_2 where --qa-source gives no file.")] = "",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp32.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Run the model repository's own code.")] = False,
 ) -> None:
-    """RULER-style long-context evaluation: needle variants, variable tracking, common/frequent word
-    extraction, QA over documents, and short sanity tasks, generated offline at each length and
-    scored like RULER (string match), with greedy decoding.
+    """RULER's 13 synthetic tasks as RULER defines them (templates, answer prefixes, needles, counts,
+    few-shot examples) plus our own tasks, generated offline at each length in the model's own
+    tokens and scored like RULER (string match), greedy decoding; the table and results.json give
+    RULER's mean over its tasks per length beside ours.
     """
     from trainer.config import ConfigError
     from trainer.eval.run import EvalConfig, evaluate
 
     try:
         evaluate(EvalConfig(model=model, tasks=tasks, lengths=lengths, samples=samples, engine=engine, out=str(out),
-                            seed=seed, haystack=haystack, qa_data=qa_data, dtype=dtype,
+                            seed=seed, haystack=haystack, qa_source=qa_source, qa_data=qa_data, dtype=dtype,
                             trust_remote_code=trust_remote_code))
     except (ConfigError, ValueError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ publishes a folder that `datasets.load_dataset` loads like LongBlocks; a second 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -34,7 +35,8 @@ def test_quickstart_publishes_a_dataset_that_loads_like_longblocks(smollm2: Path
     manifests = {stage: json.loads((out / stage / "manifest.json").read_text()) for stage in STAGES}
     # every stage accounts for its input: kept + rejected per reason, and the summary says so
     for stage, manifest in manifests.items():
-        assert f"{stage}: kept {manifest['outputs']['kept']}" in summary, stage
+        consumed, kept = manifest["inputs"]["consumed"], manifest["outputs"]["kept"]
+        assert re.search(rf"{stage}: {consumed} \w+ in, kept {kept} \w+, rejected {sum(manifest['rejected'].values())} ", summary), stage
         assert isinstance(manifest["rejected"], dict)
     assert manifests["sample"]["rejected"], "the 1k-2k quota and the token bounds reject modules"
     judge = manifests["judge"]
@@ -60,5 +62,5 @@ def test_quickstart_publishes_a_dataset_that_loads_like_longblocks(smollm2: Path
 
     # a second run resumes every stage: nothing is generated again and the counts are unchanged
     again = run(out)
-    assert [l for l in again.splitlines() if ": kept" in l] == [l for l in summary.splitlines() if ": kept" in l]
+    assert [l for l in again.splitlines() if " in, kept " in l] == [l for l in summary.splitlines() if " in, kept " in l] != []
     assert datasets.load_dataset(str(publish), split="train").num_rows == ds.num_rows

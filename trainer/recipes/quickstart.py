@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     student = build_student(teacher, out / "student-init", layers)
     sft = run_sft(student, data, out / "sft", scale, args.max_len)
     final = run_dgrpo(sft, teacher, data, out / "dgrpo", scale, args.max_len)
-    results = evaluate(EvalConfig(model=str(final), tasks="niah_single_words,short_recall", lengths=str(scale.eval_length),
+    results = evaluate(EvalConfig(model=str(final), tasks="niah_single_1,short_recall", lengths=str(scale.eval_length),
                                   samples=scale.eval_samples, out=str(out / "eval"), seed=0))
     rl = metrics(out / "dgrpo")
     curves = plot(metrics(out / "sft"), rl, out)

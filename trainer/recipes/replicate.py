@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.eval.tasks import RULER_TASKS
+
 ARMS = ("sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold")
 
 
@@ -49,7 +51,7 @@ class Scale:
 
 
 FULL = Scale([2048, 4096, 8192], (512, 6), (256, 4), 1500, 60, 300, 16, 8, 20000, 50, 4096)
-SMOKE = Scale([128, 192], (64, 2), (64, 2), 6, 2, 3, 2, 2, 60, 2, 600)
+SMOKE = Scale([192, 256], (64, 2), (64, 2), 6, 2, 3, 2, 2, 60, 2, 600)
 
 
 class _WordCounter:
@@ -58,14 +60,17 @@ class _WordCounter:
     def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> list[int]:
         return [0] * (len(messages[0]["content"].split()) + 4)
 
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [0] * len(text.split())
+
 
 def build_tokenizer(out: Path, task: str, vocab: int) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from trainer.eval.tasks import RULER, generate
+    from trainer.eval.tasks import generate, ruler_tasks
 
-    corpus = [s.prompt + " " + " ".join(s.references) for s in generate(task, RULER[task], _WordCounter(), 400, 200, seed=999)]
+    corpus = [f"{s.prompt} {s.answer_prefix} {' '.join(s.references)}" for s in generate(task, ruler_tasks()[task], _WordCounter(), 400, 200, seed=999)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -100,16 +105,16 @@ def write_rows(path: Path, task: str, tokenizer: Path, lengths: list[int], n: in
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from trainer.eval.tasks import RULER, generate
+    from trainer.eval.tasks import generate, ruler_tasks
 
     tok = AutoTokenizer.from_pretrained(tokenizer)
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        length = rng.randint(lengths[0] // 2, lengths[-1])
-        [sample] = generate(task, RULER[task], tok, length, 1, seed=seed * 1_000_003 + i)
+        length = rng.randint(lengths[0] * 3 // 4, lengths[-1])
+        [sample] = generate(task, ruler_tasks()[task], tok, length, 1, seed=seed * 1_000_003 + i)
         rows.append({"messages": [{"role": "user", "content": sample.prompt},
-                                  {"role": "assistant", "content": " ".join(sample.references)}]})
+                                  {"role": "assistant", "content": f"{sample.answer_prefix} {' '.join(sample.references)}".strip()}]})
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 
@@ -165,12 +170,15 @@ def evaluate_final(model: Path, task: str, scale: Scale, out: Path) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--task", default="niah_multikey")
+    parser.add_argument("--task", choices=[t for t in RULER_TASKS if not t.startswith("qa")],
+                        help="a RULER task (essay haystacks fall back to noise); default niah_multikey_1, "
+                             "niah_single_1 with --smoke (one needle fits its 192-256 tokens)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--smoke", action="store_true", help="tiny models and a few steps (CPU, minutes)")
     parser.add_argument("--plot-only", action="store_true")
     args = parser.parse_args()
     scale = SMOKE if args.smoke else FULL
+    args.task = args.task or ("niah_single_1" if args.smoke else "niah_multikey_1")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if not args.plot_only:
