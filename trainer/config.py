@@ -154,6 +154,15 @@ class ObjectiveConfig:
     aggregation: str = "seq-mean"  # seq-mean (as written) | token-mean | seq-sum-norm
     norm_constant: float = 1.0  # seq-sum-norm: each sequence's sum is divided by this (e.g. max length)
     scale_std: bool = True  # divide group-centred rewards by the group's std
+    # vOPD (on-policy distillation with a control variate): with k1 in the advantage, subtract the
+    # exact per-token KL (the log-ratio's expectation under the student) from the sampled log-ratio.
+    baseline: str = "none"  # none | exact_kl
+    # TOPD / POPD (truncated / progressive distillation horizon): the teacher term on the first h
+    # completion tokens only; h > 1 is tokens, 0 < h <= 1 a fraction of rollout.max_new_tokens, 0 all.
+    # With horizon_steps > 0, h grows linearly from `horizon` to `horizon_final` over that many steps.
+    horizon: float = 0.0
+    horizon_final: float = 0.0
+    horizon_steps: int = 0
 
     def __post_init__(self) -> None:
         _choice("objective.estimator", self.estimator, ESTIMATORS)
@@ -162,6 +171,15 @@ class ObjectiveConfig:
         _choice("objective.aggregation", self.aggregation, AGGREGATIONS)
         if self.eps_low < 0 or self.eps_high < 0 or self.beta < 0 or self.norm_constant <= 0 or self.top_k < 1:
             raise ConfigError("objective: eps_low, eps_high and beta must be >= 0, norm_constant > 0, top_k >= 1")
+        _choice("objective.baseline", self.baseline, ("none", "exact_kl"))
+        if self.baseline == "exact_kl" and (self.estimator, self.combine) != ("k1", "advantage"):
+            raise ConfigError("objective.baseline = 'exact_kl' (vOPD) is a control variate for the sampled log-ratio "
+                              "in the advantage: it needs estimator = 'k1' and combine = 'advantage'")
+        if self.horizon < 0 or self.horizon_final < 0 or self.horizon_steps < 0:
+            raise ConfigError("objective.horizon, horizon_final and horizon_steps must be >= 0")
+        if self.horizon_steps and not (0 < self.horizon and self.horizon_final >= self.horizon):
+            raise ConfigError("objective.horizon_steps > 0 (POPD) grows the horizon from horizon > 0 up to "
+                              "horizon_final >= horizon")
         if (self.estimator, self.combine, self.direction) not in TEACHER_TERMS:
             raise ConfigError(
                 f"objective: estimator={self.estimator}, combine={self.combine}, direction={self.direction} does not "
@@ -281,6 +299,9 @@ class RLConfig:
             raise ConfigError("rollout.group_size must be >= 2 for group-relative advantages")
         if obj.beta > 0 and teacher.source == "none":
             raise ConfigError("objective.beta > 0 needs a teacher (teacher.source = local | served | precomputed)")
+        if obj.baseline == "exact_kl" and teacher.source != "local":
+            raise ConfigError("objective.baseline = 'exact_kl' (vOPD) needs the exact per-token KL from the teacher's "
+                              "hidden states: teacher.source = 'local'")
         if obj.beta > 0 and obj.estimator == "full" and teacher.source != "local":
             raise ConfigError("objective.estimator = 'full' needs the teacher's hidden states: teacher.source = 'local' "
                               "(a served or precomputed teacher supports topk, k1, k2, k3)")

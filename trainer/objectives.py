@@ -17,6 +17,17 @@ p = pi_theta, q = pi_teacher, both at the sampling temperature, and d = log p(y)
   k1 = d, advantage: E_p[d grad log p] = grad KL(p || q)           (reverse; k1 as a loss: E_p[grad log p] = 0)
   k3 = e^-d - 1 + d, loss: E_p[(1 - q/p) grad log p] = grad KL(q || p)   (forward, not reverse)
 The exact KL in the advantage is a function of the state only: E_p[KL(s) grad log p] = 0.
+
+Options of the on-policy distillation family (each one config key, neutral at its default):
+  vOPD, objective.baseline = "exact_kl" (on-policy distillation with a control-variate baseline;
+    "vOPD", 2026): with k1 in the advantage the per-token advantage is
+        A_it = A_i - beta (d_it - KL(s_it)),   KL(s) = sum_v p(v|s) log p(v|s)/q(v|s) = E_p[d | s]
+    The baseline depends on the state only, so E_p[(d - KL) grad log p] = E_p[d grad log p]: the
+    gradient stays unbiased (still the reverse-KL gradient) with less variance.
+  TOPD / POPD, objective.horizon[_final, _steps] (truncated / progressive rollout horizon for
+    distillation): the teacher term only on tokens t < h,
+        KL_it <- KL_it 1[t < h(step)],   h(step) = h0 + (h1 - h0) min(1, (step - 1) / steps)
+    (TOPD: steps = 0, h fixed). For pure OPD (every reward weight 0) the rollout stops at h too.
 """
 
 from __future__ import annotations
@@ -83,6 +94,8 @@ def teacher_input(cfg: ObjectiveConfig) -> str:
     'sampled' (the teacher's log-prob of each sampled token: k1/k2/k3), or 'none' (beta = 0)."""
     if cfg.beta == 0:
         return "none"
+    if cfg.baseline == "exact_kl":  # vOPD: the head gives the exact KL and the teacher's log-prob of each token
+        return "hidden"
     return {"full": "hidden", "topk": "topk"}.get(cfg.estimator, "sampled")
 
 
@@ -99,6 +112,20 @@ def kl_term(cfg: ObjectiveConfig, logprobs: torch.Tensor, *, kl: torch.Tensor | 
     return sampled_kl(logprobs, teacher_logprobs, cfg.estimator)
 
 
+def horizon_tokens(cfg: ObjectiveConfig, step: int, max_new_tokens: int) -> int | None:
+    """h(step) in tokens for TOPD/POPD (None: the whole rollout). `step` counts from 1."""
+    if cfg.horizon == 0:
+        return None
+    def tokens(h: float) -> int:
+        return max(1, round(h * max_new_tokens) if h <= 1 else int(h))
+    start = tokens(cfg.horizon)
+    if not cfg.horizon_steps:
+        return min(start, max_new_tokens)
+    final = tokens(cfg.horizon_final)
+    grown = start + (final - start) * min(1.0, (step - 1) / cfg.horizon_steps)
+    return min(int(round(grown)), max_new_tokens)
+
+
 def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
     """The step's denominator for `dgrpo_loss` computed over a whole step's mask [S, T]: sequences
     with at least one trained token (seq-mean, seq-sum-norm) or trained tokens (token-mean)."""
@@ -111,7 +138,7 @@ def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
 def dgrpo_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     cfg: ObjectiveConfig, *, kl: torch.Tensor | None = None, teacher_logprobs: torch.Tensor | None = None,
-    denominator: float | None = None,
+    denominator: float | None = None, horizon: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(-J summed over these sequences / denominator, per-token sums for metrics).
 
@@ -120,21 +147,33 @@ def dgrpo_loss(
     full/topk) or computed here from `teacher_logprobs` [S, T] (k1/k2/k3). combine="loss" subtracts
     beta*KL from the objective (the paper); combine="advantage" folds it into a per-token advantage
     A_it - beta*KL_it (detached), which for k1 is A_it - beta (log pi_theta - log pi_teacher).
-    `denominator` defaults to `normalizer(cfg, mask)` (a step of one micro-batch)."""
+    `denominator` defaults to `normalizer(cfg, mask)` (a step of one micro-batch). vOPD
+    (cfg.baseline = "exact_kl") takes the exact per-token KL in `kl` beside `teacher_logprobs`;
+    `horizon` (TOPD/POPD, see `horizon_tokens`) keeps the teacher term on the first h completion
+    tokens of each sequence (positions counted over the mask)."""
     maskf = mask.to(logprobs.dtype)
     if cfg.beta > 0:
+        exact = kl
         kl = torch.where(mask, kl_term(cfg, logprobs, kl=kl, teacher_logprobs=teacher_logprobs), 0.0)
+        term = kl  # what enters the objective; `kl` stays the reported estimate
+        if cfg.baseline == "exact_kl":
+            if exact is None:
+                raise ValueError("baseline 'exact_kl' (vOPD) needs the exact per-token kl from the policy head")
+            term = term - torch.where(mask, exact, 0.0).detach()
+        if horizon is not None:
+            position = torch.cumsum(mask.long(), dim=-1) - 1  # index among the completion's tokens
+            term = torch.where(position < horizon, term, 0.0)
     else:
-        kl = torch.zeros_like(logprobs)
+        kl = term = torch.zeros_like(logprobs)
 
     token_advantages = advantages[:, None].to(logprobs.dtype).expand_as(logprobs)
     if cfg.combine == "advantage":
-        token_advantages = token_advantages - cfg.beta * kl.detach()
+        token_advantages = token_advantages - cfg.beta * term.detach()
     ratio = torch.exp(torch.where(mask, logprobs - old_logprobs, 0.0))  # padding cannot overflow
     unclipped = ratio * token_advantages
     clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high) * token_advantages
     surrogate = torch.minimum(unclipped, clipped)
-    per_token = surrogate - cfg.beta * kl if cfg.combine == "loss" else surrogate
+    per_token = surrogate - cfg.beta * term if cfg.combine == "loss" else surrogate
 
     if cfg.aggregation == "seq-mean":
         lengths = maskf.sum(-1)

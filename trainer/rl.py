@@ -8,6 +8,7 @@ function below. Must not hold component logic: the math is in `objectives.py`, b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from trainer import checkpoint, distributed
 from trainer.batch import MicroBatch, Rollout, TeacherScores, micro_batches
 from trainer.config import ConfigError, RLConfig
-from trainer.objectives import dgrpo_loss, normalizer, rollout_advantages, teacher_input
+from trainer.objectives import dgrpo_loss, horizon_tokens, normalizer, rollout_advantages, teacher_input
 from trainer.prompts import Prompt, PromptData, ReplayData, write_rollouts
 from trainer.recipe import Setup, open_metrics, setup
 from trainer.rewards import RewardResult, RewardSet
@@ -59,10 +60,14 @@ def train(cfg: RLConfig) -> dict[str, Any]:
                         TimeRemainingColumn(), console=console, disable=run.rank != 0)
     with progress:
         task = progress.add_task("rl", total=cfg.optim.steps, completed=step, stats="")
+        pure_opd = all(r.weight == 0 for r in cfg.rewards)
         while step < cfg.optim.steps:
             step += 1
+            horizon = horizon_tokens(cfg.objective, step, cfg.rollout.max_new_tokens)  # TOPD/POPD
+            if engine is not None and pure_opd:  # nothing after the horizon is trained: do not sample it
+                engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=horizon or cfg.rollout.max_new_tokens)
             batch = collect(cfg, run, source, engine, rewards, teacher)
-            update = policy_update(cfg, run, batch, teacher)
+            update = policy_update(cfg, run, batch, teacher, horizon)
             if engine is not None:
                 engine.sync_weights(run.causal_lm)
             record = step_metrics(cfg, run, batch, update, source)
@@ -163,8 +168,10 @@ class UpdateStats:
     seconds: float
 
 
-def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher | None) -> UpdateStats:
-    """`policy_epochs` optimizer steps over the step's rollouts, in micro-batches."""
+def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher | None,
+                  horizon: int | None = None) -> UpdateStats:
+    """`policy_epochs` optimizer steps over the step's rollouts, in micro-batches; `horizon`
+    (TOPD/POPD) keeps the teacher term on each completion's first tokens."""
     started = time.perf_counter()
     obj, epochs, temperature = cfg.objective, cfg.optim.policy_epochs, cfg.rollout.temperature
     batches = micro_batches(batch.rollouts, batch.advantages, batch.valid, batch.teacher_scores,
@@ -186,8 +193,12 @@ def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher 
                                 entropy=True, teacher=teacher_inputs[b], direction=obj.direction)
             logprobs = out.logprobs[0][mb.index] * mb.mask
             kl = out.kl[0][mb.index] if out.kl is not None else None
+            sampled = mb.teacher_logprobs
+            if obj.baseline == "exact_kl":  # vOPD: the local teacher's log-prob of each token, from the head
+                sampled = out.teacher_logprobs[0][mb.index] * mb.mask
             loss, stats = dgrpo_loss(logprobs, old[b] if old[b] is not None else logprobs.detach(), mb.advantages,
-                                     mb.mask, obj, kl=kl, teacher_logprobs=mb.teacher_logprobs, denominator=denominator)
+                                     mb.mask, obj, kl=kl, teacher_logprobs=sampled, denominator=denominator,
+                                     horizon=horizon)
             (loss * run.world).backward()  # FSDP averages gradients over ranks
             if epoch == epochs - 1:
                 sums["loss"] += loss.detach().double()

@@ -86,6 +86,26 @@ def test_on_policy_distillation_alone_teaches_the_student(task: SimpleNamespace,
     assert sum(kl[-10:]) < 0.5 * sum(kl[:10])
 
 
+def test_vopd_and_topd_run_end_to_end(task: SimpleNamespace, tmp_path: Path) -> None:
+    """vOPD (k1 in the advantage minus the exact KL from the head) distils the teacher; TOPD with
+    pure OPD stops the rollouts at the horizon (1 of 3 tokens): the sampling saving is real."""
+    from trainer.rl import train
+
+    opd = ("--teacher.source=local", f"--teacher.path={task.teacher}", "--objective.beta=1.0",
+           "--rewards=[{name='exact_match', weight=0.0}]", "--rollout.prompts_per_step=32", "--rollout.group_size=1")
+    vopd = train(load_config(RLConfig, None, rl_args(
+        task, tmp_path / "vopd", *opd, "--objective.estimator=k1", "--objective.combine=advantage",
+        "--objective.baseline=exact_kl", "--optim.steps=40")))
+    kl = [h["teacher_kl"] for h in vopd["history"]]
+    assert sum(kl[-10:]) < 0.7 * sum(kl[:10]), kl
+    topd = train(load_config(RLConfig, None, rl_args(task, tmp_path / "topd", *opd,
+                                                     "--rollout.max_new_tokens=3", "--objective.horizon=0.34",
+                                                     "--optim.steps=3")))
+    assert all(h["response/length_mean"] <= 1.0 for h in topd["history"])
+    full = train(load_config(RLConfig, None, rl_args(task, tmp_path / "full", *opd, "--optim.steps=3")))
+    assert all(h["response/length_mean"] > 1.0 for h in full["history"])
+
+
 def test_dgrpo_with_reward_and_teacher_learns(task: SimpleNamespace, tmp_path: Path) -> None:
     from trainer.rl import train
 
