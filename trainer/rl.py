@@ -64,8 +64,8 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         while step < cfg.optim.steps:
             step += 1
             horizon = horizon_tokens(cfg.objective, step, cfg.rollout.max_new_tokens)  # TOPD/POPD
-            if engine is not None and pure_opd:  # nothing after the horizon is trained: do not sample it
-                engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=horizon or cfg.rollout.max_new_tokens)
+            if engine is not None and pure_opd and horizon:  # nothing after the horizon is trained: do not sample it
+                engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=horizon)
             batch = collect(cfg, run, source, engine, rewards, teacher)
             update = policy_update(cfg, run, batch, teacher, horizon)
             if engine is not None:
