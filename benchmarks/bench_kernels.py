@@ -3,6 +3,7 @@ in the same run: time and peak extra memory of forward+backward for
   (a) the sampled-token log-prob alone (advantage-weighted)    vs Liger FusedLinearCrossEntropy
   (b) the full-vocabulary reverse KL to a teacher head          vs Liger FusedLinearJSD(beta=1)
   (c) the dGRPO head: log-prob + entropy + full KL in one call  vs Liger GRPO loss + Liger JSD
+  (d) the generalized JSD (b = 0.5) to a teacher head           vs Liger FusedLinearJSD(beta=0.5)
 "GEMMs" is the same set of cuBLAS GEMMs our recompute design runs (student: X W^T twice, dZ W,
 dZ^T X; teacher: Xt Wt^T twice), bf16 in / fp32 out, timed alone: the practical roofline.
 "3-GEMM" is the student's three GEMMs of a design that needs no recompute.
@@ -74,6 +75,7 @@ def liger_ops() -> dict[str, object]:
         return {}
     return {"flce": LigerFusedLinearCrossEntropyLoss(reduction="sum"),
             "jsd": LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=1.0, compiled=False),
+            "jsd_half": LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=0.5, compiled=False),
             "grpo": LigerFusedLinearGRPOLoss(beta=0.04, use_ref_model=True, compiled=False, chunk_size=1)}
 
 
@@ -151,6 +153,13 @@ def main() -> None:
             "(c) dGRPO head": {
                 "ours": lambda: dgrpo_head(hidden, weight, targets, t_hidden, t_weight, adv),
                 "liger": (lambda: liger_pair(liger, hidden, weight, targets, t_hidden, t_weight, adv)) if liger else None,
+                "naive": None,
+                "gemms": lambda: (student_gemms(), teacher_gemms()),
+            },
+            "(d) JSD b=0.5": {
+                "ours": lambda: (policy_head(hidden, weight, None, teacher_hidden=t_hidden, teacher_weight=t_weight,
+                                             direction="jsd", jsd_beta=0.5).kl * adv).sum().backward(),
+                "liger": (lambda: liger["jsd_half"](hidden, weight, t_hidden, t_weight, targets).backward()) if liger else None,
                 "naive": None,
                 "gemms": lambda: (student_gemms(), teacher_gemms()),
             },

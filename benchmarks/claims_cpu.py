@@ -43,7 +43,9 @@ def sft(model: Path, data: Path, out: Path, steps: int, seed: int) -> Path:
     return out / "final"
 
 
-def rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, steps: int, seed: int) -> list[float]:
+def rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, steps: int, seed: int, *,
+       extra: tuple[str, ...] | list[str] = (), max_new_tokens: int = 3) -> list[dict]:
+    """One RL arm (grpo, opd, dgrpo, dgrpo_cold; `extra` CLI overrides after them): its metrics history."""
     from trainer.config import RLConfig, load_config
     from trainer.rl import train
 
@@ -52,10 +54,10 @@ def rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, steps: int, 
         f"--model.path={model}", f"--data.long=[{{path='{data}'}}]", f"--data.seed={seed}", f"--run.seed={seed}",
         f"--teacher.source={'local' if beta else 'none'}", f"--teacher.path={teacher}", f"--objective.beta={beta}",
         f"--rewards=[{{name='exact_match', weight={weight}}}]", "--rollout.prompts_per_step=32",
-        "--rollout.group_size=2", "--rollout.max_new_tokens=3", "--rollout.save=false", "--optim.lr=1e-2",
+        "--rollout.group_size=2", f"--rollout.max_new_tokens={max_new_tokens}", "--rollout.save=false", "--optim.lr=1e-2",
         "--optim.warmup_steps=10", f"--optim.steps={steps}", "--optim.micro_batch_rollouts=64", f"--run.out={out}",
-        "--run.save_every=100000", "--run.tensorboard=false", "--model.gradient_checkpointing=false"]))
-    return [h["reward/exact_match/mean"] for h in summary["history"]]
+        "--run.save_every=100000", "--run.tensorboard=false", "--model.gradient_checkpointing=false", *extra]))
+    return summary["history"]
 
 
 def accuracy(model: Path, n: int) -> float:
@@ -88,7 +90,8 @@ def main() -> None:
             if arm == "sft_continued":  # 2048 tokens per step ~ the 64 sequences an RL step samples
                 final, curve = sft(warm, rl_rows, run, steps, seed), []
             else:
-                curve = rl(student if arm == "dgrpo_cold" else warm, teacher, rl_rows, run, arm, steps, seed)
+                history = rl(student if arm == "dgrpo_cold" else warm, teacher, rl_rows, run, arm, steps, seed)
+                curve = [h["reward/exact_match/mean"] for h in history]
                 final = run / "final"
             report["arms"][arm].append({"seed": seed, "accuracy": accuracy(final, eval_n), "train_reward": curve})
     (out / "claims.json").write_text(json.dumps(report, indent=2))

@@ -1,6 +1,7 @@
 """Upload a published dataset folder to the Hugging Face Hub with `huggingface_hub`: commits of
 bounded size (data shards first, the card last), retried on 429/5xx, resumable (files already on
-the Hub with the same content are skipped by the Hub's preupload check).
+the Hub with the same content are skipped by the Hub's preupload check, and large-file objects
+already stored are not sent again: the LFS batch API gives them no upload action).
 Must not read or print a token: `huggingface_hub` takes it from HF_TOKEN or its login cache.
 """
 
@@ -59,10 +60,15 @@ def _with_retries(call: Callable[[], object], *, what: str, max_retries: int, ba
     for attempt in range(max_retries + 1):
         try:
             return call()
-        except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
+        except (HfHubHTTPError, RuntimeError) as exc:
+            # an LFS upload's HTTP error reaches us wrapped: RuntimeError("Error while uploading 'path'...")
+            http = exc if isinstance(exc, HfHubHTTPError) else exc.__cause__
+            if not isinstance(http, HfHubHTTPError):
+                raise
+            status = http.response.status_code if http.response is not None else None
             if status not in RETRY_STATUS or attempt == max_retries:
-                raise LongBlocksError(f"{what} failed: HTTP {status}: {str(exc).splitlines()[0]}") from None
+                where = "" if http is exc else f"{exc} "
+                raise LongBlocksError(f"{what} failed: {where}HTTP {status}: {str(http).splitlines()[0]}") from None
             reason = f"HTTP {status}"
         except OSError as exc:  # connection errors
             if attempt == max_retries:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ def test_kernel_benchmark_runs_in_smoke_mode() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--device", "cpu", "--smoke"],
                             capture_output=True, text=True, timeout=300, env=env, check=True)
     rows = [l for l in result.stdout.splitlines() if l.startswith("| (")]
-    assert len(rows) == 6 and all(r.split("|")[3].strip().endswith("GiB") for r in rows)  # ours measured in every case
+    assert len(rows) == 8 and all(r.split("|")[3].strip().endswith("GiB") for r in rows)  # ours measured in every case
 
 
 def test_rollout_benchmark_runs_in_smoke_mode() -> None:
@@ -51,6 +52,20 @@ def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     assert [r.split(" | ")[0].strip("| ") for r in rows] == ["sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"]
 
 
+def test_opd_family_script_runs_in_smoke_mode(tmp_path: Path) -> None:
+    """The comparison script end to end on a subset of arms (every arm runs through the real loop in
+    tests/trainer/test_rl.py); the horizon table is always measured."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "opd_family_cpu.py"), "--out", str(tmp_path),
+                             "--smoke", "--seeds", "0", "--arms", "opd,reopold"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    rows = [l.split(" | ")[0].strip("| ") for l in result.stdout.splitlines() if l.startswith("| ")]
+    assert [r for r in rows if r not in ("arm", "run") and not r.startswith("-")] == ["opd", "reopold", "full", "topd", "popd"]
+    report = json.loads((tmp_path / "family.json").read_text())
+    assert report["arms"]["reopold"][0]["trained_fraction"] == 0.5  # one step, in the exploration phase
+    topd, full = (report["horizon"][k]["rollout_tokens"] for k in ("topd", "full"))
+    assert max(topd) <= 64 < min(full)  # TOPD stops each of the 64 rollouts at 1 token; the full horizon samples on
+
+
 def test_gpu_campaign_part_runs_and_writes_its_results_section(tmp_path: Path) -> None:
     """`gpu_check.py --part kernels --smoke` on CPU: the steps run within the budget, their JSON lands
     in OUT, and `--write-results` turns it into one RESULTS.md section (replaced, not appended, on re-run)."""
@@ -58,7 +73,6 @@ def test_gpu_campaign_part_runs_and_writes_its_results_section(tmp_path: Path) -
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--part", "kernels", "--smoke", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    import json
 
     part = json.loads((out / "part-kernels.json").read_text())
     assert [s["outcome"] for s in part["steps"]] == ["ok", "ok"] and part["environment"]["torch"]
@@ -76,7 +90,6 @@ def test_gpu_campaign_part_runs_and_writes_its_results_section(tmp_path: Path) -
 def test_budget_stops_a_part_and_says_so(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--part", "kernels", "--smoke", "--budget", "8",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    import json
 
     outcomes = [s["outcome"] for s in json.loads((tmp_path / "part-kernels.json").read_text())["steps"]]
     # 8 s cannot hold both steps (the kernel benchmark alone takes longer): the part stops and says so

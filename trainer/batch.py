@@ -67,10 +67,12 @@ class MicroBatch:
     has_behaviour: torch.Tensor  # [S] the engine (or the replayed row) gave behaviour log-probs
     teacher_logprobs: torch.Tensor | None  # [S, L] the teacher's log-prob of each sampled token
     teacher_topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None  # [T-1, K] ids, log-probs; [T-1] tail
+    reference_logprobs: torch.Tensor | None = None  # [S, L] a reference model's log-prob of each token (G-OPD)
 
 
 def make_micro_batch(rollouts: list[Rollout], advantages: list[float], valid: list[bool],
-                     teacher: list[TeacherScores | str | None], device: torch.device) -> MicroBatch:
+                     teacher: list[TeacherScores | str | None], device: torch.device,
+                     reference: list[TeacherScores | str | None] | None = None) -> MicroBatch:
     packed = pack_rollouts(rollouts)
     length = max(1, max(len(r.completion_ids) for r in rollouts))
     n = len(rollouts)
@@ -99,6 +101,12 @@ def make_micro_batch(rollouts: list[Rollout], advantages: list[float], valid: li
                 topk_lp[start:end] = torch.tensor(scores[i].topk_logprobs)
                 if with_tail:
                     topk_tail[start:end] = torch.tensor(scores[i].topk_tail)
+    reference_lp = None
+    if reference is not None:
+        reference_lp = torch.zeros(n, length)
+        for i, scored in enumerate(reference):
+            if isinstance(scored, TeacherScores):
+                reference_lp[i, : len(scored.logprobs)] = torch.tensor(scored.logprobs)
     target_mask = torch.zeros(targets, dtype=torch.bool)
     target_mask[index[mask]] = True
     return MicroBatch(
@@ -107,11 +115,14 @@ def make_micro_batch(rollouts: list[Rollout], advantages: list[float], valid: li
         behaviour.to(device), torch.tensor([r.behaviour_logprobs is not None for r in rollouts], device=device),
         teacher_lp.to(device) if any(s is not None for s in scores) else None,
         (topk_ids.to(device), topk_lp.to(device), topk_tail.to(device) if with_tail else None) if topk else None,
+        reference_lp.to(device) if reference_lp is not None else None,
     )
 
 
 def micro_batches(rollouts: list[Rollout], advantages: list[float], valid: list[bool],
-                  teacher: list[TeacherScores | str | None], size: int, device: torch.device) -> list[MicroBatch]:
-    """The step's rollouts in micro-batches of `size`, in order."""
-    return [make_micro_batch(rollouts[s:s + size], advantages[s:s + size], valid[s:s + size], teacher[s:s + size], device)
+                  teacher: list[TeacherScores | str | None], size: int, device: torch.device,
+                  reference: list[TeacherScores | str | None] | None = None) -> list[MicroBatch]:
+    """The step's rollouts in micro-batches of `size`, in order (`reference`: G-OPD's reference scores)."""
+    return [make_micro_batch(rollouts[s:s + size], advantages[s:s + size], valid[s:s + size], teacher[s:s + size], device,
+                             None if reference is None else reference[s:s + size])
             for s in range(0, len(rollouts), size)]

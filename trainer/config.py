@@ -124,8 +124,9 @@ class SFTConfig:
 # -- dGRPO ---------------------------------------------------------------------------------------
 ESTIMATORS = ("full", "topk", "k1", "k2", "k3")  # full/topk: exact per-token KL from the policy head
 COMBINES = ("loss", "advantage")
-DIRECTIONS = ("reverse", "forward")
+DIRECTIONS = ("reverse", "forward", "jsd")  # jsd: the generalized JSD through the policy head (exact)
 AGGREGATIONS = ("seq-mean", "token-mean", "seq-sum-norm")
+TOKEN_SELECTS = ("none", "entropy", "divergence", "overconfident", "tip")
 # (estimator, combine, direction) whose expected gradient on the student's own tokens is the
 # gradient of the divergence named by `direction` (derivations in objectives.py). Everything else
 # is refused: k1 as a loss has zero expected gradient, the exact KL folded into the advantage too
@@ -134,11 +135,12 @@ AGGREGATIONS = ("seq-mean", "token-mean", "seq-sum-norm")
 TEACHER_TERMS = {
     ("full", "loss", "reverse"), ("full", "loss", "forward"),
     ("topk", "loss", "reverse"), ("topk", "loss", "forward"),
+    ("full", "loss", "jsd"), ("topk", "loss", "jsd"),
     ("k2", "loss", "reverse"),
     ("k1", "advantage", "reverse"),
     ("k3", "loss", "forward"),
 }
-TEACHER_TERMS_HELP = ("full or topk with combine=loss (reverse or forward); k2 with combine=loss (reverse); "
+TEACHER_TERMS_HELP = ("full or topk with combine=loss (reverse, forward or jsd); k2 with combine=loss (reverse); "
                       "k1 with combine=advantage (reverse); k3 with combine=loss (forward)")
 
 
@@ -149,7 +151,10 @@ class ObjectiveConfig:
     eps_high: float = 0.2  # > eps_low is DAPO's clip-higher
     estimator: str = "full"  # full | topk | k1 | k2 | k3
     combine: str = "loss"  # loss (the paper) | advantage (A_it - beta * KL_it, detached)
-    direction: str = "reverse"  # reverse: KL(student || teacher), the paper; forward: KL(teacher || student)
+    direction: str = "reverse"  # reverse: KL(student || teacher), the paper; forward: KL(teacher || student); jsd
+    # Generalized JSD (GKD; TRL's convention): b KL(teacher || m) + (1 - b) KL(student || m), m = (1 - b) student
+    # + b teacher; b in (0, 1), near 0 the forward KL, near 1 the reverse (each times b or 1 - b).
+    jsd_beta: float = 0.5
     top_k: int = 20  # teacher log-probs kept per token for estimator = topk
     aggregation: str = "seq-mean"  # seq-mean (as written) | token-mean | seq-sum-norm
     norm_constant: float = 1.0  # seq-sum-norm: each sequence's sum is divided by this (e.g. max length)
@@ -163,6 +168,23 @@ class ObjectiveConfig:
     horizon: float = 0.0
     horizon_final: float = 0.0
     horizon_steps: int = 0
+    # G-OPD / ExOPD (reward scaling): the sampled-token reward lambda (log q - log ref) - (log p - log ref);
+    # lambda > 1 extrapolates past the teacher. `reference` is the reference model's folder or Hub id
+    # ("" = the student's initial weights, model.path); loaded (frozen) only when reward_scale != 1.
+    reward_scale: float = 1.0
+    reference: str = ""
+    # TIP (token importance): the teacher term only on a `token_fraction` of each micro-batch's tokens,
+    # chosen by student entropy and teacher-student divergence: entropy (highest entropy), divergence
+    # (highest divergence), overconfident (entropy at or below the median, highest divergence), tip
+    # (half each of entropy and overconfident). REOPOLD's token-level dynamic sampling is `entropy`.
+    token_select: str = "none"
+    token_fraction: float = 1.0
+    # REOPOLD (relaxed OPD): mixture-based clipping of the sampled-token reward,
+    # r = log(alpha q/p + 1 - alpha) >= log(1 - alpha) (1: off, plain log q/p); with relax_steps > 0,
+    # the relaxations (mixture_clip, token_select) hold for the first relax_steps steps (exploration),
+    # then plain OPD on every token (refinement).
+    mixture_clip: float = 1.0
+    relax_steps: int = 0
 
     def __post_init__(self) -> None:
         _choice("objective.estimator", self.estimator, ESTIMATORS)
@@ -180,6 +202,25 @@ class ObjectiveConfig:
         if self.horizon_steps and not (0 < self.horizon and self.horizon_final >= self.horizon):
             raise ConfigError("objective.horizon_steps > 0 (POPD) grows the horizon from horizon > 0 up to "
                               "horizon_final >= horizon")
+        if not 0 < self.jsd_beta < 1:
+            raise ConfigError("objective.jsd_beta must be in (0, 1); 0 and 1 are direction = 'forward' / 'reverse'")
+        _choice("objective.token_select", self.token_select, TOKEN_SELECTS)
+        if not 0 < self.token_fraction <= 1 or not 0 < self.mixture_clip <= 1 or self.relax_steps < 0:
+            raise ConfigError("objective.token_fraction and mixture_clip must be in (0, 1], relax_steps >= 0")
+        if self.reward_scale <= 0:
+            raise ConfigError("objective.reward_scale (G-OPD's lambda) must be > 0")
+        sampled_reward = (self.estimator, self.combine) == ("k1", "advantage")
+        for key, on in (("reward_scale", self.reward_scale != 1), ("mixture_clip", self.mixture_clip < 1)):
+            if on and not sampled_reward:
+                raise ConfigError(f"objective.{key} reshapes the sampled-token reward log q - log p: it needs "
+                                  "estimator = 'k1' and combine = 'advantage'")
+            if on and self.baseline != "none":
+                raise ConfigError(f"objective.{key} and baseline = 'exact_kl' do not combine (the baseline is the "
+                                  "expectation of the unscaled, unclipped log-ratio)")
+        if self.reward_scale != 1 and self.mixture_clip < 1:
+            raise ConfigError("objective.reward_scale (G-OPD) and mixture_clip (REOPOLD) are separate rewards; pick one")
+        if self.relax_steps and self.mixture_clip == 1 and self.token_select == "none":
+            raise ConfigError("objective.relax_steps schedules mixture_clip and token_select; neither is set")
         if (self.estimator, self.combine, self.direction) not in TEACHER_TERMS:
             raise ConfigError(
                 f"objective: estimator={self.estimator}, combine={self.combine}, direction={self.direction} does not "

@@ -82,7 +82,7 @@ class FusedLogprobLM(nn.Module):
     def forward(
         self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None = None, *, temperature: float = 1.0,
         mask: torch.Tensor | None = None, entropy: bool = False, teacher: dict[str, Any] | None = None,
-        direction: str = "reverse", run: Callable[[Any], Any] | None = None,
+        direction: str = "reverse", jsd_beta: float = 0.5, run: Callable[[Any], Any] | None = None,
     ) -> HeadOutput | Any:
         """The policy head on the next tokens: log-probs [B, T-1] and, when asked, entropy and the
         KL to `teacher` (keyword arguments of `policy_head` over the same [B*(T-1)] positions:
@@ -96,7 +96,7 @@ class FusedLogprobLM(nn.Module):
         flat = hidden.reshape(-1, hidden.shape[-1])
         out = policy_head(flat, self.lm.get_output_embeddings().weight, targets.reshape(-1), temperature=temperature,
                           entropy=entropy, mask=None if mask is None else mask.reshape(-1), direction=direction,
-                          **(teacher or {}))
+                          jsd_beta=jsd_beta, **(teacher or {}))
         shape = targets.shape  # copies, not views: FSDP2's backward hook must not sit on a view
         return HeadOutput(*(None if t is None else t.view(shape).clone() for t in
                             (out.logprobs, out.entropy, out.kl, out.teacher_logprobs)))

@@ -28,9 +28,34 @@ Options of the on-policy distillation family (each one config key, neutral at it
     distillation): the teacher term only on tokens t < h,
         KL_it <- KL_it 1[t < h(step)],   h(step) = h0 + (h1 - h0) min(1, (step - 1) / steps)
     (TOPD: steps = 0, h fixed). For pure OPD (every reward weight 0) the rollout stops at h too.
+  G-OPD / ExOPD, objective.reward_scale = lambda, objective.reference (generalized on-policy
+    distillation with reward extrapolation, 2026): the sampled-token reward
+        r_it = lambda (log q - log pi_ref) - (log p - log pi_ref),  term = -r = d + (lambda - 1)(log pi_ref - log q)
+    lambda = 1 is OPD whatever the reference; lambda > 1 pushes past the teacher away from the
+    reference (ExOPD: the student's initial weights). E_p[term grad log p] is the gradient of
+    KL(p || ref) - lambda E_p[log q/ref]: the reverse KL to q^lambda ref^(1-lambda), renormalized.
+  TIP, objective.token_select / token_fraction (token importance in on-policy distillation; Xu et
+    al., 2026, arXiv 2604.14084): the teacher term on the selected tokens only,
+        KL_it <- KL_it 1[(i, t) in S],  |S| = ceil(fraction x tokens of the micro-batch)
+    S by student entropy H_it (entropy), teacher-student divergence D_it (divergence: the exact
+    per-token KL when the head gives one, else |log p - log q| of the sampled token), the
+    low-entropy high-divergence tokens (overconfident: H <= median H, top D), or half each (tip).
+  REOPOLD, objective.mixture_clip = alpha, objective.relax_steps (relaxed on-policy distillation;
+    Ko et al., 2026, arXiv 2603.11137), as we read it: the reward log q/p measured against the
+    mixture m = alpha q + (1 - alpha) p,
+        r_it = log(m / p) = log(alpha e^(log q - log p) + 1 - alpha) >= log(1 - alpha),  term = -r
+    (negative rewards clipped smoothly, positive ones kept: log(1 + alpha (q/p - 1))), entropy-based
+    token-level dynamic sampling as token_select = "entropy", and exploration-to-refinement: the
+    relaxations for the first relax_steps steps, plain OPD on every token after.
+  Divergence, objective.direction = "jsd" with jsd_beta = b (GKD's generalized JSD, TRL's
+    convention), exact over the vocabulary through the policy head (full) or on the top-k buckets:
+        JSD_b(s) = b KL(q || m) + (1 - b) KL(p || m),  m = (1 - b) p + b q
+    with gradient (1 - b) p_j (log p_j/m_j - KL(p || m)) per logit (the head's backward).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -126,6 +151,37 @@ def horizon_tokens(cfg: ObjectiveConfig, step: int, max_new_tokens: int) -> int 
     return min(int(round(grown)), max_new_tokens)
 
 
+def select_tokens(cfg: ObjectiveConfig, mask: torch.Tensor, entropy: torch.Tensor,
+                  divergence: torch.Tensor) -> torch.Tensor:
+    """TIP's token selection [S, T] (bool): ceil(token_fraction x trained tokens) of `mask`'s tokens
+    by `cfg.token_select` (see the module docstring); ties by position, so it is deterministic."""
+    n = int(mask.sum())
+    k = math.ceil(cfg.token_fraction * n)
+    if cfg.token_select == "none" or k >= n:
+        return mask.clone()
+    flat_mask, h, d = mask.reshape(-1), entropy.detach().reshape(-1).double(), divergence.detach().reshape(-1).double()
+    low = flat_mask & (h <= h[flat_mask].median()) if n else flat_mask  # the low-entropy half
+
+    def top(score: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tensor:
+        count = min(count, int(allowed.sum()))
+        chosen = torch.zeros_like(allowed)
+        if count > 0:
+            order = torch.sort(torch.where(allowed, score, -math.inf), descending=True, stable=True).indices
+            chosen[order[:count]] = True
+        return chosen
+
+    if cfg.token_select == "entropy":
+        chosen = top(h, flat_mask, k)
+    elif cfg.token_select == "divergence":
+        chosen = top(d, flat_mask, k)
+    elif cfg.token_select == "overconfident":
+        chosen = top(d, low, k)
+    else:  # tip: half the budget to the highest entropy, the rest to the overconfident tokens left
+        chosen = top(h, flat_mask, k // 2)
+        chosen |= top(d, low & ~chosen, k - int(chosen.sum()))
+    return chosen.reshape(mask.shape)
+
+
 def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
     """The step's denominator for `dgrpo_loss` computed over a whole step's mask [S, T]: sequences
     with at least one trained token (seq-mean, seq-sum-norm) or trained tokens (token-mean)."""
@@ -138,7 +194,8 @@ def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
 def dgrpo_loss(
     logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
     cfg: ObjectiveConfig, *, kl: torch.Tensor | None = None, teacher_logprobs: torch.Tensor | None = None,
-    denominator: float | None = None, horizon: int | None = None,
+    denominator: float | None = None, horizon: int | None = None, entropy: torch.Tensor | None = None,
+    reference_logprobs: torch.Tensor | None = None, relaxed: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(-J summed over these sequences / denominator, per-token sums for metrics).
 
@@ -150,21 +207,42 @@ def dgrpo_loss(
     `denominator` defaults to `normalizer(cfg, mask)` (a step of one micro-batch). vOPD
     (cfg.baseline = "exact_kl") takes the exact per-token KL in `kl` beside `teacher_logprobs`;
     `horizon` (TOPD/POPD, see `horizon_tokens`) keeps the teacher term on the first h completion
-    tokens of each sequence (positions counted over the mask)."""
+    tokens of each sequence (positions counted over the mask). G-OPD (cfg.reward_scale != 1) takes
+    the reference's log-prob of each token in `reference_logprobs`; TIP/REOPOLD's selection the
+    student's per-token `entropy` [S, T]; `relaxed` is False in REOPOLD's refinement phase (no
+    mixture clipping, no token selection)."""
     maskf = mask.to(logprobs.dtype)
     if cfg.beta > 0:
         exact = kl
         kl = torch.where(mask, kl_term(cfg, logprobs, kl=kl, teacher_logprobs=teacher_logprobs), 0.0)
         term = kl  # what enters the objective; `kl` stays the reported estimate
+        active = mask.bool()  # tokens the teacher term is trained on
+        if cfg.reward_scale != 1:  # G-OPD: -(lambda (log q - log ref) - (log p - log ref))
+            if reference_logprobs is None:
+                raise ValueError("objective.reward_scale != 1 (G-OPD) needs reference_logprobs")
+            scaled = logprobs - cfg.reward_scale * teacher_logprobs + (cfg.reward_scale - 1) * reference_logprobs
+            term = torch.where(mask, scaled, 0.0)
+        if cfg.mixture_clip < 1 and relaxed:  # REOPOLD: -log(alpha q/p + 1 - alpha)
+            log_ratio = torch.where(mask, teacher_logprobs - logprobs, 0.0)
+            floor = torch.full_like(log_ratio, math.log1p(-cfg.mixture_clip))
+            mixed = torch.logaddexp(log_ratio + math.log(cfg.mixture_clip), floor)
+            term = torch.where(mask, -mixed, 0.0)
         if cfg.baseline == "exact_kl":
             if exact is None:
                 raise ValueError("baseline 'exact_kl' (vOPD) needs the exact per-token kl from the policy head")
             term = term - torch.where(mask, exact, 0.0).detach()
         if horizon is not None:
             position = torch.cumsum(mask.long(), dim=-1) - 1  # index among the completion's tokens
-            term = torch.where(position < horizon, term, 0.0)
+            active = active & (position < horizon)
+        if cfg.token_select != "none" and relaxed:  # TIP / REOPOLD's token-level dynamic sampling
+            if entropy is None:
+                raise ValueError(f"token_select = {cfg.token_select!r} needs the per-token entropy")
+            divergence = exact if exact is not None else (logprobs - teacher_logprobs).abs()
+            active = active & select_tokens(cfg, mask, entropy, divergence)
+        term = torch.where(active, term, 0.0)
     else:
         kl = term = torch.zeros_like(logprobs)
+        active = torch.zeros_like(mask)
 
     token_advantages = advantages[:, None].to(logprobs.dtype).expand_as(logprobs)
     if cfg.combine == "advantage":
@@ -193,5 +271,6 @@ def dgrpo_loss(
             "clip_low_sum": (clipped_low & mask.bool()).sum().to(logprobs.dtype),
             "clip_high_sum": (clipped_high & mask.bool()).sum().to(logprobs.dtype),
             "ratio_sum": (ratio * maskf).sum(),
+            "distill_tokens": active.sum().to(logprobs.dtype),
         }
     return loss, stats

@@ -20,13 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from trainer import checkpoint, distributed
 from trainer.batch import MicroBatch, Rollout, TeacherScores, micro_batches
-from trainer.config import ConfigError, RLConfig
+from trainer.config import ConfigError, RLConfig, TeacherConfig
 from trainer.objectives import dgrpo_loss, horizon_tokens, normalizer, rollout_advantages, teacher_input
 from trainer.prompts import Prompt, PromptData, ReplayData, write_rollouts
 from trainer.recipe import Setup, open_metrics, setup
 from trainer.rewards import RewardResult, RewardSet
 from trainer.rollout import HFEngine, VLLMEngine
-from trainer.teacher import Teacher, make_teacher
+from trainer.teacher import LocalTeacher, Teacher, make_teacher
 
 console = Console(stderr=True)
 
@@ -38,6 +38,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
                           f"world size {distributed.world_size()} (groups stay on one rank)")
     run = setup(cfg, optimizer_steps=cfg.optim.steps * cfg.optim.policy_epochs)
     teacher = make_teacher(cfg.teacher, run.device)
+    reference = make_reference(cfg, run.device)  # G-OPD / ExOPD only
     rewards = RewardSet(cfg.rewards)
     source = ReplayData(cfg.data.replay, cfg.data.seed, temperature=cfg.rollout.temperature,
                         need_behaviour=cfg.rollout.old_logprobs == "behaviour") if cfg.data.replay \
@@ -66,8 +67,9 @@ def train(cfg: RLConfig) -> dict[str, Any]:
             horizon = horizon_tokens(cfg.objective, step, cfg.rollout.max_new_tokens)  # TOPD/POPD
             if engine is not None and pure_opd and horizon:  # nothing after the horizon is trained: do not sample it
                 engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=horizon)
-            batch = collect(cfg, run, source, engine, rewards, teacher)
-            update = policy_update(cfg, run, batch, teacher, horizon)
+            batch = collect(cfg, run, source, engine, rewards, teacher, reference)
+            relaxed = not cfg.objective.relax_steps or step <= cfg.objective.relax_steps  # REOPOLD's exploration phase
+            update = policy_update(cfg, run, batch, teacher, horizon, relaxed)
             if engine is not None:
                 engine.sync_weights(run.causal_lm)
             record = step_metrics(cfg, run, batch, update, source)
@@ -92,12 +94,22 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     final = checkpoint.export_pretrained(run.causal_lm, run.tokenizer, run.out / "final", run.compute_dtype)
     plot = metrics.close(("reward_mean", "teacher_kl", "entropy"))
     rewards.close()
-    if teacher is not None:
-        teacher.close()
+    for scorer in (teacher, reference):
+        if scorer is not None:
+            scorer.close()
     if run.rank == 0:
         console.print(f"[green]rl done[/]: {step} steps -> {final}")
     distributed.shutdown()
     return {"steps": step, "history": history, "export": str(final), "plot": str(plot) if plot else None}
+
+
+def make_reference(cfg: RLConfig, device: torch.device) -> LocalTeacher | None:
+    """G-OPD's reference model (frozen): objective.reference, or the student's initial weights."""
+    if cfg.objective.reward_scale == 1 or cfg.objective.beta == 0:
+        return None
+    path = cfg.objective.reference or cfg.model.path
+    return LocalTeacher(TeacherConfig(source="local", path=path, dtype=cfg.teacher.dtype,
+                                      trust_remote_code=cfg.model.trust_remote_code), device)
 
 
 def make_engine(cfg: RLConfig, run: Setup) -> HFEngine | VLLMEngine:
@@ -124,6 +136,7 @@ class StepBatch:
     texts: list[str]
     scored: RewardResult
     teacher_scores: list[TeacherScores | str | None]
+    reference_scores: list[TeacherScores | str | None] | None  # G-OPD's reference model
     valid: list[bool]  # reward finite, teacher scored, non-empty completion
     advantages: list[float]
     zero_variance_groups: int
@@ -131,7 +144,7 @@ class StepBatch:
 
 
 def collect(cfg: RLConfig, run: Setup, source: PromptData | ReplayData, engine: HFEngine | VLLMEngine | None,
-            rewards: RewardSet, teacher: Teacher | None) -> StepBatch:
+            rewards: RewardSet, teacher: Teacher | None, reference: LocalTeacher | None = None) -> StepBatch:
     """Rollouts (sampled, or replayed), rewards, the teacher's scores and group advantages."""
     started = time.perf_counter()
     if isinstance(source, ReplayData):
@@ -152,12 +165,17 @@ def collect(cfg: RLConfig, run: Setup, source: PromptData | ReplayData, engine: 
     if needs in ("topk", "sampled"):
         teacher_scores = teacher.score(rollouts, top_k=cfg.objective.top_k if needs == "topk" else 0,
                                        temperature=cfg.rollout.temperature)
+    reference_scores = None
+    if reference is not None:
+        reference_scores = reference.score(rollouts, top_k=0, temperature=cfg.rollout.temperature)
     seconds["teacher"] = time.perf_counter() - started
     valid = [math.isfinite(reward) and not isinstance(t, str) and len(r.completion_ids) > 0
-             for reward, t, r in zip(scored.total, teacher_scores, rollouts)]
+             and not (reference_scores is not None and isinstance(reference_scores[i], str))
+             for i, (reward, t, r) in enumerate(zip(scored.total, teacher_scores, rollouts))]
     advantages, zero_variance = rollout_advantages(scored.total, valid, [len(g) for g in groups],
                                                    scale_std=cfg.objective.scale_std)
-    return StepBatch(prompts, groups, rollouts, texts, scored, teacher_scores, valid, advantages, zero_variance, seconds)
+    return StepBatch(prompts, groups, rollouts, texts, scored, teacher_scores, reference_scores, valid, advantages,
+                     zero_variance, seconds)
 
 
 @dataclass
@@ -169,18 +187,20 @@ class UpdateStats:
 
 
 def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher | None,
-                  horizon: int | None = None) -> UpdateStats:
+                  horizon: int | None = None, relaxed: bool = True) -> UpdateStats:
     """`policy_epochs` optimizer steps over the step's rollouts, in micro-batches; `horizon`
-    (TOPD/POPD) keeps the teacher term on each completion's first tokens."""
+    (TOPD/POPD) keeps the teacher term on each completion's first tokens; `relaxed` False is
+    REOPOLD's refinement phase."""
     started = time.perf_counter()
     obj, epochs, temperature = cfg.objective, cfg.optim.policy_epochs, cfg.rollout.temperature
     batches = micro_batches(batch.rollouts, batch.advantages, batch.valid, batch.teacher_scores,
-                            cfg.optim.micro_batch_rollouts, run.device)
+                            cfg.optim.micro_batch_rollouts, run.device, batch.reference_scores)
     denominator = float(distributed.all_reduce_sum(torch.tensor(sum(normalizer(obj, mb.mask) for mb in batches),
                                                                 dtype=torch.float64)))
     old = old_logprobs(cfg, run, batches)
     teacher_inputs: dict[int, dict[str, Any] | None] = {}
-    keys = ("loss", "tokens", "kl_sum", "clip_low_sum", "clip_high_sum", "ratio_sum", "entropy_sum", "gap_sum", "gap_tokens")
+    keys = ("loss", "tokens", "kl_sum", "clip_low_sum", "clip_high_sum", "ratio_sum", "entropy_sum", "gap_sum", "gap_tokens",
+            "distill_tokens")
     sums = {key: torch.zeros((), dtype=torch.float64, device=run.device) for key in keys}
     grad_norm = torch.zeros(())
     run.model.train()
@@ -190,21 +210,23 @@ def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher 
                 teacher_inputs[b] = head_teacher_inputs(cfg, mb, teacher)
             with run.autocast():
                 out = run.model(mb.input_ids, mb.position_ids, temperature=temperature, mask=mb.target_mask,
-                                entropy=True, teacher=teacher_inputs[b], direction=obj.direction)
+                                entropy=True, teacher=teacher_inputs[b], direction=obj.direction, jsd_beta=obj.jsd_beta)
             logprobs = out.logprobs[0][mb.index] * mb.mask
             kl = out.kl[0][mb.index] if out.kl is not None else None
             sampled = mb.teacher_logprobs
             if obj.baseline == "exact_kl":  # vOPD: the local teacher's log-prob of each token, from the head
                 sampled = out.teacher_logprobs[0][mb.index] * mb.mask
+            entropy = out.entropy[0].detach()[mb.index] * mb.mask
             loss, stats = dgrpo_loss(logprobs, old[b] if old[b] is not None else logprobs.detach(), mb.advantages,
                                      mb.mask, obj, kl=kl, teacher_logprobs=sampled, denominator=denominator,
-                                     horizon=horizon)
+                                     horizon=horizon, entropy=entropy, reference_logprobs=mb.reference_logprobs,
+                                     relaxed=relaxed)
             (loss * run.world).backward()  # FSDP averages gradients over ranks
             if epoch == epochs - 1:
                 sums["loss"] += loss.detach().double()
                 for key, value in stats.items():
                     sums[key] += value.double()
-                sums["entropy_sum"] += (out.entropy[0].detach()[mb.index] * mb.mask).sum().double()
+                sums["entropy_sum"] += entropy.sum().double()
                 known = (mb.mask & mb.has_behaviour[:, None]).float()
                 sums["gap_sum"] += ((logprobs.detach() - mb.behaviour_logprobs).abs() * known).sum().double()
                 sums["gap_tokens"] += known.sum().double()
@@ -258,6 +280,7 @@ def step_metrics(cfg: RLConfig, run: Setup, batch: StepBatch, update: UpdateStat
         "loss": sums["loss"], "teacher_kl": sums["kl_sum"] / tokens, "entropy": sums["entropy_sum"] / tokens,
         "clip/low_fraction": sums["clip_low_sum"] / tokens, "clip/high_fraction": sums["clip_high_sum"] / tokens,
         "clip/fraction": (sums["clip_low_sum"] + sums["clip_high_sum"]) / tokens, "ratio_mean": sums["ratio_sum"] / tokens,
+        "teacher/trained_fraction": sums["distill_tokens"] / tokens,
         "rollout/logprob_gap": sums["gap_sum"] / sums["gap_tokens"] if sums["gap_tokens"] else math.nan,
         "response/length_mean": completion_tokens / rollouts,
         "response/truncated_fraction": _sum(sum(not r.finished for r in batch.rollouts), device) / rollouts,

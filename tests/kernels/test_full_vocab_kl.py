@@ -12,7 +12,7 @@ from trainer.kernels.reference import full_vocab_kl_ref
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("direction", ["reverse", "forward", "jsd"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("n,v", SHAPES)
 def test_full_vocab_kl_matches_fp64(backend: str, direction: str, dtype: torch.dtype, n: int, v: int) -> None:

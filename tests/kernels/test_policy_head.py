@@ -22,7 +22,7 @@ def dgrpo_like_loss(out, g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("direction", ["reverse", "forward", "jsd"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_every_output_and_one_backward_match_fp64(backend: str, direction: str, dtype: str) -> None:
     n, v, dt = 67, 1031, DTYPES[dtype]
@@ -33,7 +33,7 @@ def test_every_output_and_one_backward_match_fp64(backend: str, direction: str, 
     mask, g = mask_for(n), torch.randn(n, generator=torch.Generator().manual_seed(4))
     x, w = leaf(hidden), leaf(weight)
     out = policy_head(x, w, ids, teacher_hidden=t_hidden, teacher_weight=t_weight, temperature=0.8, direction=direction,
-                      entropy=True, mask=mask, backend=backend)
+                      jsd_beta=0.3, entropy=True, mask=mask, backend=backend)
     assert all(t.dtype == torch.float32 for t in (out.logprobs, out.entropy, out.kl, out.teacher_logprobs))
     dgrpo_like_loss(out, g).backward()
 
@@ -41,7 +41,8 @@ def test_every_output_and_one_backward_match_fp64(backend: str, direction: str, 
     logprobs = torch.log_softmax(x64 @ w64.T / 0.8, -1)
     ref_lp = logprobs.gather(-1, ids)
     ref_ent = -(logprobs.exp() * logprobs).sum(-1)
-    ref_kl = full_vocab_kl_ref(x64, w64, t_hidden.double(), t_weight.double(), temperature=0.8, direction=direction)
+    ref_kl = full_vocab_kl_ref(x64, w64, t_hidden.double(), t_weight.double(), temperature=0.8, direction=direction,
+                               jsd_beta=0.3)
     ref_t = torch.log_softmax(t_hidden.double() @ t_weight.double().T / 0.8, -1).gather(-1, ids)
     m = mask.double()
     ((ref_lp * m[:, None] * g.double()[:, None]).sum() + 0.3 * (ref_ent * m).sum()
@@ -173,7 +174,7 @@ def test_forward_topk_kl_with_a_tail_of_1e_8_matches_fp64(backend: str, dtype: s
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
-@pytest.mark.parametrize("direction", ["reverse", "forward"])
+@pytest.mark.parametrize("direction", ["reverse", "forward", "jsd"])
 def test_a_student_equal_to_its_teacher_gets_zero_kl_and_zero_gradient(temperature: float, direction: str) -> None:
     hidden, weight = make(30, 1000, H, torch.bfloat16, seed=18, scale=0.5)
     ids, lps, tail = topk_logprobs(hidden, weight, 8, temperature=temperature)

@@ -1,7 +1,12 @@
 """TEST DOUBLE: a local stand-in for the parts of the Hugging Face Hub HTTP API that
 `huggingface_hub`'s create_repo and create_commit use (repo creation, preupload, commit with
-inline "regular" files), on 127.0.0.1. It stores committed files in a folder, answers the first
-commit with a 429, and records every request so tests can check what was sent."""
+inline "regular" files and "lfsFile" pointers), on 127.0.0.1, and the git-LFS side: the batch API
+(`{repo}.git/info/lfs/objects/batch`, basic transfer), the PUT of each object and its verify call.
+As the Hub does, it answers `uploadMode: lfs` for parquet files and files of `lfs_threshold` bytes
+or more, and no upload action for an object it already holds. It stores committed files in a
+folder, answers the first commit with a 429, can refuse LFS uploads after `lfs_uploads_allowed`
+of them (a push cut off part-way), and records every request so tests can check what was sent.
+Xet, the Hub's newer transfer, is not emulated: tests set HF_HUB_DISABLE_XET=1."""
 
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ def git_blob_sha(data: bytes) -> str:
 
 
 class HubDouble(LocalServer):
-    def __init__(self, storage: Path, *, fail_first_commit: int = 1) -> None:
+    def __init__(self, storage: Path, *, fail_first_commit: int = 1, lfs_threshold: int = 10_000_000,
+                 lfs_uploads_allowed: int | None = None) -> None:
         self.storage = storage
         self.repos: dict[str, dict[str, Any]] = {}
         self.commits: list[dict[str, Any]] = []
@@ -33,12 +39,20 @@ class HubDouble(LocalServer):
         self.validated: list[str] = []
         self.last_oid = "0" * 40
         self.fail_first_commit = fail_first_commit
+        self.lfs_threshold = lfs_threshold
+        self.lfs_uploads_allowed = lfs_uploads_allowed
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content
+        self.lfs_puts: list[str] = []  # the oid of every upload received
+        self.lfs_verified: list[str] = []
         app = Starlette(routes=[
             Route("/api/repos/create", self.create, methods=["POST"]),
             Route("/api/datasets/{org}/{name}/preupload/{revision}", self.preupload, methods=["POST"]),
             Route("/api/datasets/{org}/{name}/commit/{revision}", self.commit, methods=["POST"]),
             Route("/api/validate-yaml", self.validate_yaml, methods=["POST"]),
             Route("/api/datasets/{org}/{name}/revision/{revision}", self.info, methods=["GET"]),
+            Route("/datasets/{org}/{name}.git/info/lfs/objects/batch", self.lfs_batch, methods=["POST"]),
+            Route("/lfs/upload/{oid}", self.lfs_put, methods=["PUT"]),
+            Route("/lfs/verify", self.lfs_verify, methods=["POST"]),
         ])
         app.add_route("/{path:path}", self.unknown, methods=["GET", "POST", "PUT", "HEAD"])
         self.serve(app)
@@ -97,9 +111,46 @@ class HubDouble(LocalServer):
         files = []
         for f in body["files"]:
             stored = root / f["path"]
-            files.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                          "oid": git_blob_sha(stored.read_bytes()) if stored.exists() else None})
+            lfs = f["path"].endswith(".parquet") or f["size"] >= self.lfs_threshold
+            oid = None
+            if stored.exists():  # the Hub compares the content's sha256 for LFS files, the git blob sha otherwise
+                data = stored.read_bytes()
+                oid = hashlib.sha256(data).hexdigest() if lfs else git_blob_sha(data)
+            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid})
         return JSONResponse({"files": files})
+
+    async def lfs_batch(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        body = await request.json()
+        assert body["operation"] == "upload" and body["hash_algo"] == "sha256", body
+        objects = []
+        for obj in body["objects"]:
+            entry: dict[str, Any] = {"oid": obj["oid"], "size": obj["size"]}
+            if obj["oid"] not in self.lfs_objects:  # no "actions": the object is already stored
+                entry["actions"] = {"upload": {"href": f"{self.endpoint}/lfs/upload/{obj['oid']}"},
+                                    "verify": {"href": f"{self.endpoint}/lfs/verify"}}
+            objects.append(entry)
+        return JSONResponse({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+
+    async def lfs_put(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        if self.lfs_uploads_allowed is not None and len(self.lfs_objects) >= self.lfs_uploads_allowed:
+            return JSONResponse({"error": "upload refused by the test"}, status_code=403)
+        data = await request.body()
+        oid = request.path_params["oid"]
+        if hashlib.sha256(data).hexdigest() != oid:
+            return JSONResponse({"error": "sha256 mismatch"}, status_code=400)
+        self.lfs_puts.append(oid)
+        self.lfs_objects[oid] = data
+        return JSONResponse({})
+
+    async def lfs_verify(self, request: Request) -> JSONResponse:
+        self._seen(request)
+        body = await request.json()
+        if body["oid"] not in self.lfs_objects or len(self.lfs_objects[body["oid"]]) != body["size"]:
+            return JSONResponse({"error": "object not found"}, status_code=404)
+        self.lfs_verified.append(body["oid"])
+        return JSONResponse({})
 
     async def commit(self, request: Request) -> JSONResponse:
         self._seen(request)
@@ -110,12 +161,17 @@ class HubDouble(LocalServer):
         header = next(l["value"] for l in lines if l["key"] == "header")
         root = self.storage / request.path_params["org"] / request.path_params["name"]
         written = []
+        missing = [l["value"]["oid"] for l in lines if l["key"] == "lfsFile" and l["value"]["oid"] not in self.lfs_objects]
+        if missing:
+            return JSONResponse({"error": f"LFS objects never uploaded: {missing}"}, status_code=422)
         for line in lines:
-            if line["key"] == "file":
-                target = root / line["value"]["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(base64.b64decode(line["value"]["content"]))
-                written.append(line["value"]["path"])
+            if line["key"] not in ("file", "lfsFile"):
+                continue
+            value = line["value"]
+            target = root / value["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(base64.b64decode(value["content"]) if line["key"] == "file" else self.lfs_objects[value["oid"]])
+            written.append(value["path"])
         self.commits.append({"summary": header["summary"], "files": written})
         oid = self.last_oid = hashlib.sha1(json.dumps(self.commits).encode()).hexdigest()
         return JSONResponse({"commitUrl": f"{self.endpoint}/datasets/{root.parent.name}/{root.name}/commit/{oid}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,12 @@ from longblocks.push import plan_commits
 from run_fixture import build_run
 
 TOKEN = "hf_TESTTOKEN_never_in_files_0123456789"
+
+
+def hub_env(hub: HubDouble) -> dict[str, str]:
+    # Xet (the Hub's newer transfer) is not emulated: the legacy LFS batch + PUT path is the one tested.
+    return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_XET": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,7 @@ def test_dry_run_lists_exact_files_and_commits(published: Path) -> None:
 
 def test_push_uploads_every_file_retrying_a_429(published: Path, tmp_path: Path) -> None:
     with HubDouble(tmp_path / "hub") as hub:
-        env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        env = hub_env(hub)
         result = cli("longblocks", "push", str(published), "--repo-id", "org/lb", "--private",
                      "--max-commit-files", "2", env=env)
         again = cli("longblocks", "push", str(published), "--repo-id", "org/lb", "--max-commit-files", "2", env=env)
@@ -57,8 +64,33 @@ def test_push_uploads_every_file_retrying_a_429(published: Path, tmp_path: Path)
     assert len(hub.commits) == len(plan) and "Traceback" not in again.stderr
     assert hub.auth == {f"Bearer {TOKEN}"}
     assert hub.validated and hub.validated[0] == (published / "README.md").read_text()  # the card passed validation
-    assert not [r for r in hub.requests if not any(k in r[1] for k in ("preupload", "commit", "create", "validate-yaml", "revision"))]
+    assert not [r for r in hub.requests
+                if not any(k in r[1] for k in ("preupload", "commit", "create", "validate-yaml", "revision", "lfs"))]
+    shards = [p for p in published.rglob("*.parquet")]
+    assert sorted(hub.lfs_puts) == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in shards)  # parquet: LFS
     assert TOKEN not in result.stdout + result.stderr + again.stdout + again.stderr
     for path in published.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes()
+
+
+def test_a_push_cut_off_mid_upload_resumes_without_uploading_anything_twice(published: Path, tmp_path: Path) -> None:
+    """Shards go up as LFS objects (batch API, PUT, verify); the stand-in refuses the 4th upload, so
+    the first push stops in its second commit with one object of that commit already stored. The
+    re-run skips the committed shards (preupload sha256 match) and the stored object (the batch API
+    gives it no upload action): every object is PUT exactly once, and the repo equals the folder."""
+    shards = sorted(published.rglob("*.parquet"))
+    assert len(shards) >= 4, "the fixture must publish at least four shards"
+    with HubDouble(tmp_path / "hub", fail_first_commit=0, lfs_uploads_allowed=3) as hub:
+        cut = cli("longblocks", "push", str(published), "--repo-id", "org/lb", "--max-commit-files", "2",
+                  env=hub_env(hub), check=False)
+        assert cut.returncode != 0 and "HTTP 403" in cut.stderr and "Traceback" not in cut.stderr
+        assert len(hub.lfs_puts) == 3 and len(hub.commits) == 1
+        hub.lfs_uploads_allowed = None
+        cli("longblocks", "push", str(published), "--repo-id", "org/lb", "--max-commit-files", "2", env=hub_env(hub))
+    assert sorted(hub.lfs_puts) == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in shards)
+    assert len(hub.lfs_puts) == len(set(hub.lfs_puts)) and set(hub.lfs_verified) == set(hub.lfs_puts)
+    repo = tmp_path / "hub" / "org" / "lb"
+    for path in published.rglob("*"):
+        if path.is_file():
+            assert (repo / path.relative_to(published)).read_bytes() == path.read_bytes()

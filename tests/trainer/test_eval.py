@@ -104,10 +104,13 @@ def test_replication_recipe_runs_end_to_end_at_smoke_scale(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "trainer.recipes.replicate", "--out", str(tmp_path), "--smoke", "--seeds", "0"],
-                   check=True, capture_output=True, text=True, timeout=900)
+    subprocess.run([sys.executable, "-m", "trainer.recipes.replicate", "--out", str(tmp_path), "--smoke", "--seeds", "0",
+                    "--extra-arms", "reopold"], check=True, capture_output=True, text=True, timeout=900)
     report = json.loads((tmp_path / "replication.json").read_text())
-    assert set(report["arms"]) == {"sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"}
+    assert set(report["arms"]) == {"sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold", "reopold"}
+    config = json.loads((tmp_path / "reopold-0" / "config.json").read_text())  # a family arm: pure OPD plus its keys
+    assert (config["objective"]["mixture_clip"], config["objective"]["relax_steps"]) == (0.5, 1)
+    assert config["objective"]["beta"] == 1.0 and all(r["weight"] == 0.0 for r in config["rewards"])
     assert all(len(entry["final"]) == 1 and set(entry["final"][0]) == {"192", "256"} for entry in report["arms"].values())
     assert len(report["arms"]["dgrpo"]["curves"][0]["accuracy"]) == 3
     table = (tmp_path / "replication.md").read_text()

@@ -243,3 +243,123 @@ def test_family_options_refuse_invalid_pairs():
         ObjectiveConfig(beta=0.1, estimator="k2", baseline="exact_kl")
     with pytest.raises(ConfigError, match="horizon_final"):
         ObjectiveConfig(horizon_steps=10)
+    with pytest.raises(ConfigError, match="k1"):
+        ObjectiveConfig(beta=0.1, estimator="k2", mixture_clip=0.5)
+    with pytest.raises(ConfigError, match="k1"):
+        ObjectiveConfig(beta=0.1, estimator="full", reward_scale=2.0)
+    with pytest.raises(ConfigError, match="do not combine"):
+        ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", baseline="exact_kl", reward_scale=2.0)
+    with pytest.raises(ConfigError, match="pick one"):
+        ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", reward_scale=2.0, mixture_clip=0.5)
+    with pytest.raises(ConfigError, match="neither"):
+        ObjectiveConfig(relax_steps=10)
+    with pytest.raises(ConfigError, match="jsd_beta"):
+        ObjectiveConfig(beta=0.1, direction="jsd", jsd_beta=1.0)
+    with pytest.raises(ConfigError, match="does not follow"):
+        ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", direction="jsd")
+    with pytest.raises(ConfigError, match="token_select"):
+        ObjectiveConfig(token_select="random")
+
+
+# G-OPD / ExOPD: E = log ref - log q per token; with lambda = 2 the term is d + (lambda - 1) E.
+E = torch.tensor([[1.0, -1.0, 0.0], [0.5, 0.0, -0.5]], dtype=torch.float64)
+REFERENCE = TEACHER + E
+
+
+def test_gopd_scales_the_teacher_reward_against_a_reference():
+    # term = D + E: seq0 [1.5, -1.5], seq1 [0.5, 1.0, 1.5]; A_it = A_i - 0.1 term
+    # seq0: A 0.85 (rho 1.5) -> min(1.275, 1.02) = 1.02; A 1.15 (rho 0.9) -> 1.035                 mean 1.0275
+    # seq1: A -2.05 (rho .5) -> min(-1.025, -1.64) = -1.64; A -2.1 (1.1) -> -2.31;
+    #       A -2.15 (rho 1.3) -> min(-2.795, -2.58) = -2.795                                           mean -2.248333
+    cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", reward_scale=2.0)
+    loss = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, reference_logprobs=REFERENCE)[0]
+    assert float(loss) == pytest.approx(-(1.0275 - 2.248333333) / 2)
+    # the gradient (ratio 1, A = 0): beta x term / |o_i| / 2 sequences, detached, per token
+    logprobs = LOGPROBS.clone().requires_grad_(True)
+    dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER,
+               reference_logprobs=REFERENCE)[0].backward()
+    expected = torch.tensor([[1.5 / 2, -1.5 / 2, 0.0], [0.5 / 3, 1.0 / 3, 1.5 / 3]], dtype=torch.float64) * 0.1 / 2
+    assert torch.allclose(logprobs.grad, expected)
+    # neutral: lambda = 1 is plain OPD/dGRPO whatever the reference
+    plain = loss_of(beta=0.1, estimator="k1", combine="advantage")[0]
+    neutral = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", reward_scale=1.0)
+    assert float(dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, neutral, teacher_logprobs=TEACHER,
+                            reference_logprobs=REFERENCE + 5)[0]) == pytest.approx(plain)
+    with pytest.raises(ValueError, match="reference_logprobs"):
+        dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
+
+
+# REOPOLD, alpha = 0.5: term = -log(0.5 e^-d + 0.5) for d = D
+#   d 0.5 -> -log(0.803265) = 0.219072; d -0.5 -> -log(1.324361) = -0.280929; d 0 -> 0;
+#   d 1 -> -log(0.683940) = 0.379885; d 2 -> -log(0.567668) = 0.566219; bounded by -log(0.5) = 0.693147
+REOPOLD_TERM = torch.tensor([[0.219072, -0.280929, 0.0], [0.0, 0.379885, 0.566219]], dtype=torch.float64)
+
+
+def test_reopold_clips_the_reward_through_the_mixture():
+    cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", mixture_clip=0.5)
+    logprobs = LOGPROBS.clone().requires_grad_(True)
+    dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER)[0] \
+        .backward()
+    lengths = torch.tensor([[2.0], [3.0]], dtype=torch.float64)
+    assert torch.allclose(logprobs.grad, 0.1 * REOPOLD_TERM / lengths / 2, atol=1e-7)
+    # a teacher that rules the token out costs at most log 2 (plain k1: 40)
+    far = torch.tensor([[-40.0]], dtype=torch.float64)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    lp = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+    dgrpo_loss(lp, lp.detach(), torch.zeros(1, dtype=torch.float64), one, cfg, teacher_logprobs=far)[0].backward()
+    assert float(lp.grad) == pytest.approx(0.1 * math.log(2), rel=1e-9)
+    # neutral: alpha = 1, or the refinement phase (relaxed=False), is plain OPD
+    plain = loss_of(beta=0.1, estimator="k1", combine="advantage")[0]
+    assert float(dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, relaxed=False)[0]) == \
+        pytest.approx(plain)
+    assert loss_of(beta=0.1, estimator="k1", combine="advantage", mixture_clip=1.0)[0] == pytest.approx(plain)
+
+
+# TIP: student entropy and |d| per token (the masked slot's 9 and 50 must never count)
+ENTROPY = torch.tensor([[2.0, 0.1, 9.0], [0.5, 0.2, 1.0]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("mode,chosen", [
+    ("entropy", [(0, 0), (1, 2)]),  # the two highest entropies: 2.0, 1.0
+    ("divergence", [(1, 1), (1, 2)]),  # |d| 1 and 2
+    ("overconfident", [(0, 1), (1, 1)]),  # entropy <= median 0.5: (0,1) .1 |d| .5, (1,0) .5 |d| 0, (1,1) .2 |d| 1
+    ("tip", [(0, 0), (1, 1)]),  # one by entropy, one overconfident
+])
+def test_tip_selects_tokens_by_entropy_and_divergence(mode: str, chosen: list[tuple[int, int]]):
+    from trainer.objectives import select_tokens
+
+    cfg = ObjectiveConfig(beta=0.1, estimator="k2", token_select=mode, token_fraction=0.4)  # ceil(0.4 x 5) = 2
+    selected = select_tokens(cfg, MASK, ENTROPY, (LOGPROBS - TEACHER).abs())
+    assert sorted(map(tuple, selected.nonzero().tolist())) == chosen
+    # the loss: k2 = d^2/2 on the chosen tokens only (seq-mean)
+    halves = (D.pow(2) / 2) * selected
+    expected = -SURROGATE_SEQ_MEAN + 0.1 * (halves[0].sum() / 2 + halves[1].sum() / 3) / 2
+    loss, stats = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, entropy=ENTROPY)
+    assert float(loss) == pytest.approx(float(expected)) and float(stats["distill_tokens"]) == 2
+    # neutral: every token kept (fraction 1), or REOPOLD's refinement phase
+    full = loss_of(beta=0.1, estimator="k2")[0]
+    for neutral, relaxed in ((ObjectiveConfig(beta=0.1, estimator="k2", token_select=mode), True), (cfg, False)):
+        assert float(dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, neutral, teacher_logprobs=TEACHER, entropy=ENTROPY,
+                                relaxed=relaxed)[0]) == pytest.approx(full)
+
+
+def test_generalized_jsd_by_hand_through_the_policy_head():
+    """p = (3/4, 1/4), q = (1/4, 3/4), b = 1/2: m = (1/2, 1/2), JSD = 3/4 ln 3/2 + 1/4 ln 1/2 = 0.130812;
+    dJSD/dz_j = (1 - b) p_j (ln p_j/m_j - KL(p||m)) = (+0.102995, -0.102995). Near b = 0 (1) the
+    JSD over b (1 - b) is the forward (reverse) KL."""
+    from trainer.kernels import policy_head
+
+    weight = torch.tensor([[math.log(3)], [0.0]], dtype=torch.float64, requires_grad=True)
+    teacher = {"teacher_hidden": torch.ones(1, 1, dtype=torch.float64),
+               "teacher_weight": torch.tensor([[0.0], [math.log(3)]], dtype=torch.float64)}
+    out = policy_head(torch.ones(1, 1, dtype=torch.float64), weight, None, direction="jsd", jsd_beta=0.5,
+                      backend="torch", **teacher)
+    out.kl.sum().backward()
+    assert float(out.kl.detach()) == pytest.approx(0.75 * math.log(1.5) - 0.25 * math.log(2), rel=1e-6)
+    assert weight.grad[:, 0].tolist() == pytest.approx([0.102995, -0.102995], rel=1e-5)
+    x = torch.ones(1, 1, dtype=torch.float64)
+    kl = {d: float(policy_head(x, weight, None, direction=d, backend="torch", **teacher).kl.detach())
+          for d in ("reverse", "forward")}
+    for b, scale, limit in ((1e-4, 1e-4, "forward"), (1 - 1e-4, 1e-4, "reverse")):
+        jsd = float(policy_head(x, weight, None, direction="jsd", jsd_beta=b, backend="torch", **teacher).kl.detach())
+        assert jsd / scale == pytest.approx(kl[limit], rel=2e-3)

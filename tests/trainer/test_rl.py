@@ -106,6 +106,35 @@ def test_vopd_and_topd_run_end_to_end(task: SimpleNamespace, tmp_path: Path) -> 
     assert all(h["response/length_mean"] > 1.0 for h in full["history"])
 
 
+def test_gopd_tip_reopold_and_jsd_run_end_to_end(task: SimpleNamespace, tmp_path: Path) -> None:
+    """Each remaining option of the family through the real loop: G-OPD loads the student's
+    initial weights as its reference; TIP trains the teacher term on its fraction of the tokens;
+    REOPOLD's relaxations hold for relax_steps, then every token is trained; the JSD runs exact
+    through the policy head and is a divergence."""
+    from trainer.rl import train
+
+    opd = ("--teacher.source=local", f"--teacher.path={task.teacher}", "--objective.beta=1.0",
+           "--rewards=[{name='exact_match', weight=0.0}]", "--rollout.prompts_per_step=16", "--rollout.group_size=1",
+           "--optim.steps=3")
+    k1 = ("--objective.estimator=k1", "--objective.combine=advantage")
+    runs = {
+        "gopd": (*k1, "--objective.reward_scale=1.5"),
+        "tip": ("--objective.token_select=tip", "--objective.token_fraction=0.25"),
+        "reopold": (*k1, "--objective.mixture_clip=0.5", "--objective.token_select=entropy",
+                    "--objective.token_fraction=0.5", "--objective.relax_steps=2"),
+        "jsd": ("--objective.direction=jsd", "--objective.jsd_beta=0.5"),
+    }
+    history = {name: train(load_config(RLConfig, None, rl_args(task, tmp_path / name, *opd, *extra)))["history"]
+               for name, extra in runs.items()}
+    for name, steps in history.items():
+        assert all(math.isfinite(h["loss"]) and math.isfinite(h["grad_norm"]) for h in steps), name
+    assert all(0.2 <= h["teacher/trained_fraction"] <= 0.3 for h in history["tip"])
+    fractions = [h["teacher/trained_fraction"] for h in history["reopold"]]
+    assert all(0.45 <= f <= 0.6 for f in fractions[:2]) and fractions[2] == 1.0, fractions
+    assert all(h["teacher/trained_fraction"] == 1.0 for h in history["gopd"] + history["jsd"])
+    assert all(h["teacher_kl"] > 0 for h in history["jsd"])
+
+
 def test_dgrpo_with_reward_and_teacher_learns(task: SimpleNamespace, tmp_path: Path) -> None:
     from trainer.rl import train
 

@@ -37,19 +37,18 @@ def _configs() -> list[tuple[object, dict[str, str], dict[str, object], str]]:
 
     head = importlib.import_module("trainer.kernels.policy_head")
     out = []
-    flags = list(itertools.product((False, True), repeat=3))
-    for has_teacher, reverse, has_tail in flags:
-        if reverse and not has_teacher:
+    for has_teacher, mode, has_tail in itertools.product((False, True), range(len(head.DIRECTIONS)), (False, True)):
+        if mode and not has_teacher:
             continue
-        constexprs = {"HAS_TEACHER": has_teacher, "REVERSE": reverse, "HAS_TAIL": has_tail, "BLOCK_V": head.ROW_BLOCK}
-        label = f"teacher={has_teacher} reverse={reverse} tail={has_tail}"
-        stats = {name: "*fp32" for name in ("Z", "ZT", "LSE", "EZ", "LSE_T", "EDIFF", "LSE_TAIL")}
-        stats.update(IDS="*i64", V="i32", stride_z="i32", stride_zt="i32", n_ids="i32", tail_start="i32")
+        constexprs = {"HAS_TEACHER": has_teacher, "MODE": mode, "HAS_TAIL": has_tail, "BLOCK_V": head.ROW_BLOCK}
+        label = f"teacher={has_teacher} mode={head.DIRECTIONS[mode]} tail={has_tail}"
+        stats = {name: "*fp32" for name in ("Z", "ZT", "LSE", "EZ", "LSE_T", "EDIFF", "KLQ", "LSE_TAIL")}
+        stats.update(IDS="*i64", V="i32", stride_z="i32", stride_zt="i32", n_ids="i32", tail_start="i32", BETA="fp32")
         out.append((head._row_stats_kernel, {**stats, **{k: "constexpr" for k in constexprs}}, constexprs, label))
         for dtype in DZ_DTYPES:
             grad = {name: "*fp32" for name in ("Z", "ZT", "G_IDS", "LSE", "LSE_T", "LSE_TAIL", "A", "B", "R", "F", "TC")}
             grad.update(IDS="*i64", DZ=f"*{_TRITON_TYPES[dtype]}", V="i32", stride_z="i32", stride_zt="i32",
-                        stride_dz="i32", n_ids="i32", tail_start="i32")
+                        stride_dz="i32", n_ids="i32", tail_start="i32", BETA="fp32")
             out.append((head._row_grad_kernel, {**grad, **{k: "constexpr" for k in constexprs}}, constexprs,
                         f"{label} dz={_TRITON_TYPES[dtype]}"))
     return out

@@ -12,9 +12,12 @@ from trainer.kernels.policy_head import policy_head
 
 def full_vocab_kl(
     hidden: torch.Tensor, weight: torch.Tensor, teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, *,
-    temperature: float = 1.0, direction: str = "reverse", mask: torch.Tensor | None = None, backend: str = "auto",
+    temperature: float = 1.0, direction: str = "reverse", jsd_beta: float = 0.5, mask: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Per-token KL(student || teacher) ("reverse", the dGRPO term) or KL(teacher || student)
-    ("forward") over the whole vocabulary, both at `temperature`, fp32 [N]; 0 where `mask` is False."""
+    ("forward") or the generalized JSD ("jsd", `jsd_beta`; see `policy_head`) over the whole vocabulary,
+    both at `temperature`, fp32 [N]; 0 where `mask` is False."""
     return policy_head(hidden, weight, None, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
-                       temperature=temperature, direction=direction, mask=mask, backend=backend).kl
+                       temperature=temperature, direction=direction, jsd_beta=jsd_beta, mask=mask,
+                       backend=backend).kl

@@ -18,13 +18,15 @@ Must not return anything in low precision, and must not use atomics.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from trainer.kernels.backend import resolve
 
-DIRECTIONS = ("reverse", "forward")
+DIRECTIONS = ("reverse", "forward", "jsd")
+REVERSE, FORWARD, JSD = range(3)  # the row kernels' MODE
 DEFAULT_CHUNK_BYTES = 512 * 2**20
 TAIL_FLOOR = -80.0
 _HALF = (torch.bfloat16, torch.float16)
@@ -39,13 +41,23 @@ except ImportError:  # CPU-only installs: the PyTorch row passes are used
 if triton is not None:
 
     @triton.jit
+    def _log_mixture(lp, lq, beta):
+        """log((1 - beta) e^lp + beta e^lq), stable."""
+        a = lp + tl.log(1.0 - beta)
+        b = lq + tl.log(beta)
+        top = tl.maximum(a, b)
+        return top + tl.log(tl.exp(a - top) + tl.exp(b - top))
+
+    @triton.jit
     def _row_stats_kernel(
-        Z, ZT, IDS, LSE, EZ, LSE_T, EDIFF, LSE_TAIL, V, stride_z, stride_zt, n_ids, tail_start,
-        HAS_TEACHER: tl.constexpr, REVERSE: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_V: tl.constexpr,
+        Z, ZT, IDS, LSE, EZ, LSE_T, EDIFF, KLQ, LSE_TAIL, V, stride_z, stride_zt, n_ids, tail_start, BETA,
+        HAS_TEACHER: tl.constexpr, MODE: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_V: tl.constexpr,
     ):
         """One row of the (temperature-scaled) logits tile: log-sum-exp, E_p[z], the teacher's
-        log-sum-exp and E_p[z - w] (reverse) or E_q[w - z] (forward), and the log-sum-exp over the
-        columns outside IDS[tail_start:] -- all with online (running-max) sums."""
+        log-sum-exp and E_p[z - w] (MODE reverse) or E_q[w - z] (forward), and the log-sum-exp over
+        the columns outside IDS[tail_start:] -- all with online (running-max) sums. MODE jsd: a
+        second pass over the row, once both log-sum-exps are known, for KL(p || m) and KL(q || m)
+        with m = (1 - BETA) p + BETA q."""
         row = tl.program_id(0).to(tl.int64)
         m = float("-inf")
         s = 0.0
@@ -72,9 +84,9 @@ if triton is not None:
                 alpha_t = tl.exp(mt - mt_new)
                 q = tl.exp(w - mt_new)
                 st = st * alpha_t + tl.sum(q, 0)
-                if REVERSE:
+                if MODE == 0:
                     acc = acc * alpha + tl.sum(p * (z0 - w0), 0)
-                else:
+                elif MODE == 1:
                     acc = acc * alpha_t + tl.sum(q * (w0 - z0), 0)
                 mt = mt_new
             if HAS_TAIL:
@@ -91,20 +103,36 @@ if triton is not None:
         tl.store(EZ + row, sz / s)
         if HAS_TEACHER:
             tl.store(LSE_T + row, mt + tl.log(st))
-            if REVERSE:
+            if MODE == 0:
                 tl.store(EDIFF + row, acc / s)
-            else:
+            elif MODE == 1:
                 tl.store(EDIFF + row, acc / st)
+            else:
+                lse = m + tl.log(s)
+                lse_t = mt + tl.log(st)
+                acc_q = 0.0
+                for v0 in range(0, V, BLOCK_V):
+                    offs = v0 + tl.arange(0, BLOCK_V)
+                    valid = offs < V
+                    lp = tl.load(Z + row * stride_z + offs, mask=valid, other=0.0) - lse
+                    lq = tl.load(ZT + row * stride_zt + offs, mask=valid, other=0.0) - lse_t
+                    lm = _log_mixture(lp, lq, BETA)
+                    acc += tl.sum(tl.where(valid, tl.exp(lp) * (lp - lm), 0.0), 0)
+                    acc_q += tl.sum(tl.where(valid, tl.exp(lq) * (lq - lm), 0.0), 0)
+                tl.store(EDIFF + row, acc)
+                tl.store(KLQ + row, acc_q)
         if HAS_TAIL:
             tl.store(LSE_TAIL + row, m2 + tl.log(s2))
 
     @triton.jit
     def _row_grad_kernel(
         Z, ZT, IDS, G_IDS, DZ, LSE, LSE_T, LSE_TAIL, A, B, R, F, TC, V, stride_z, stride_zt, stride_dz, n_ids,
-        tail_start, HAS_TEACHER: tl.constexpr, REVERSE: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_V: tl.constexpr,
+        tail_start, BETA, HAS_TEACHER: tl.constexpr, MODE: tl.constexpr, HAS_TAIL: tl.constexpr,
+        BLOCK_V: tl.constexpr,
     ):
-        """dL/dz for one row: p (a + b z + r (z - w)) - f q + tc [j outside the tail ids] e^(z - lse_tail),
-        plus G_IDS at IDS (the sparse terms), written once in DZ's dtype."""
+        """dL/dz for one row: p (a + b z + r d) - f q + tc [j outside the tail ids] e^(z - lse_tail),
+        plus G_IDS at IDS (the sparse terms), written once in DZ's dtype; d = z - w (MODE reverse)
+        or log p - log m (jsd), f only for forward."""
         row = tl.program_id(0).to(tl.int64)
         lse = tl.load(LSE + row)
         a = tl.load(A + row)
@@ -117,10 +145,13 @@ if triton is not None:
             g = p * (a + b * z)
             if HAS_TEACHER:
                 w = tl.load(ZT + row * stride_zt + offs, mask=valid, other=0.0)
-                if REVERSE:
+                if MODE == 0:
                     g += p * tl.load(R + row) * (z - w)
-                else:
+                elif MODE == 1:
                     g -= tl.load(F + row) * tl.exp(w - tl.load(LSE_T + row))
+                else:
+                    lp = z - lse
+                    g += p * tl.load(R + row) * (lp - _log_mixture(lp, w - tl.load(LSE_T + row), BETA))
             if HAS_TAIL:
                 in_k = offs < 0
                 for k in range(tail_start, n_ids):
@@ -177,7 +208,8 @@ def _grad_operand(dz: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class _Spec:
     n_targets: int  # the first n_targets columns of ids are targets, the rest the teacher's top-k
     has_teacher: bool
-    reverse: bool
+    mode: int  # REVERSE, FORWARD or JSD
+    beta: float  # JSD's mixture weight of the teacher
     has_tail: bool
     inv_temp: float
     rows_per_chunk: int
@@ -197,13 +229,23 @@ def _stats_torch(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, sp
     stats = {"lse": lse, "ez": (p * z).sum(-1)}
     if spec.has_teacher:
         stats["lse_t"] = torch.logsumexp(zt, -1)
-        if spec.reverse:
+        if spec.mode == REVERSE:
             stats["e_diff"] = (p * (z - zt)).sum(-1)
-        else:
+        elif spec.mode == FORWARD:
             stats["e_diff"] = (torch.exp(zt - stats["lse_t"][:, None]) * (zt - z)).sum(-1)
+        else:
+            lp, lq = z - lse[:, None], zt - stats["lse_t"][:, None]
+            lm = _log_mixture_torch(lp, lq, spec.beta)
+            stats["e_diff"] = (p * (lp - lm)).sum(-1)
+            stats["kl_q"] = (lq.exp() * (lq - lm)).sum(-1)
     if spec.has_tail:
         stats["lse_tail"] = torch.logsumexp(z.masked_fill(_tail_mask(ids, spec, z.shape), float("-inf")), -1)
     return stats
+
+
+def _log_mixture_torch(lp: torch.Tensor, lq: torch.Tensor, beta: float) -> torch.Tensor:
+    """log m = log((1 - beta) p + beta q), from log p and log q."""
+    return torch.logaddexp(lp + torch.log1p(torch.tensor(-beta)).item(), lq + torch.log(torch.tensor(beta)).item())
 
 
 def _grad_torch(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, g_ids: torch.Tensor,
@@ -211,10 +253,13 @@ def _grad_torch(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, g_i
     p = torch.exp(z - stats["lse"][:, None])
     g = p * (coef["a"][:, None] + coef["b"][:, None] * z)
     if spec.has_teacher:
-        if spec.reverse:
+        if spec.mode == REVERSE:
             g += p * coef["r"][:, None] * (z - zt)
-        else:
+        elif spec.mode == FORWARD:
             g -= coef["f"][:, None] * torch.exp(zt - stats["lse_t"][:, None])
+        else:
+            lp = z - stats["lse"][:, None]
+            g += p * coef["r"][:, None] * (lp - _log_mixture_torch(lp, zt - stats["lse_t"][:, None], spec.beta))
     if spec.has_tail:
         rest = torch.exp(z - stats["lse_tail"][:, None]).masked_fill_(_tail_mask(ids, spec, z.shape), 0.0)
         g += coef["tc"][:, None] * rest
@@ -226,11 +271,12 @@ def _grad_torch(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, g_i
 # -- the row passes, Triton ----------------------------------------------------------------------
 def _stats_triton(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, spec: _Spec) -> dict[str, torch.Tensor]:
     c, v = z.shape
-    out = {name: torch.empty(c, dtype=torch.float32, device=z.device) for name in ("lse", "ez", "lse_t", "e_diff", "lse_tail")}
+    names = ("lse", "ez", "lse_t", "e_diff", "kl_q", "lse_tail")
+    out = {name: torch.empty(c, dtype=torch.float32, device=z.device) for name in names}
     _row_stats_kernel[(c,)](
-        z, z if zt is None else zt, ids, out["lse"], out["ez"], out["lse_t"], out["e_diff"], out["lse_tail"], v,
-        z.stride(0), z.stride(0) if zt is None else zt.stride(0), ids.shape[1], spec.n_targets,
-        HAS_TEACHER=spec.has_teacher, REVERSE=spec.reverse, HAS_TAIL=spec.has_tail, BLOCK_V=ROW_BLOCK,
+        z, z if zt is None else zt, ids, out["lse"], out["ez"], out["lse_t"], out["e_diff"], out["kl_q"], out["lse_tail"],
+        v, z.stride(0), z.stride(0) if zt is None else zt.stride(0), ids.shape[1], spec.n_targets, spec.beta,
+        HAS_TEACHER=spec.has_teacher, MODE=spec.mode, HAS_TAIL=spec.has_tail, BLOCK_V=ROW_BLOCK,
         num_warps=ROW_WARPS,
     )
     return out
@@ -243,8 +289,8 @@ def _grad_triton(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, g_
     _row_grad_kernel[(c,)](
         z, z if zt is None else zt, ids, g_ids.contiguous(), dz, stats["lse"], stats["lse_t"], stats["lse_tail"],
         coef["a"], coef["b"], coef["r"], coef["f"], coef["tc"], v, z.stride(0),
-        z.stride(0) if zt is None else zt.stride(0), dz.stride(0), ids.shape[1], spec.n_targets,
-        HAS_TEACHER=spec.has_teacher, REVERSE=spec.reverse, HAS_TAIL=spec.has_tail, BLOCK_V=ROW_BLOCK,
+        z.stride(0) if zt is None else zt.stride(0), dz.stride(0), ids.shape[1], spec.n_targets, spec.beta,
+        HAS_TEACHER=spec.has_teacher, MODE=spec.mode, HAS_TAIL=spec.has_tail, BLOCK_V=ROW_BLOCK,
         num_warps=ROW_WARPS,
     )
     return dz
@@ -284,7 +330,8 @@ class _PolicyHead(torch.autograd.Function):
         x, w, xt, wt = _operands(hidden, weight, t_hidden, t_weight, spec)
         device = hidden.device
         with torch.autocast(device.type, enabled=False):
-            names = ("lse", "ez") + (("lse_t", "e_diff") if spec.has_teacher else ()) + (("lse_tail",) if spec.has_tail else ())
+            names = ("lse", "ez") + (("lse_t", "e_diff") if spec.has_teacher else ()) \
+                + (("kl_q",) if spec.has_teacher and spec.mode == JSD else ()) + (("lse_tail",) if spec.has_tail else ())
             stats = {name: torch.empty(n, dtype=torch.float32, device=device) for name in names}
             z_ids = torch.empty(n, ids.shape[1], dtype=torch.float32, device=device)
             t_targets = torch.zeros(n, spec.n_targets, dtype=torch.float32, device=device)
@@ -300,8 +347,10 @@ class _PolicyHead(torch.autograd.Function):
             logprobs = z_ids - stats["lse"][:, None]
             entropy = stats["lse"] - stats["ez"]
             kl = torch.zeros(n, dtype=torch.float32, device=device)
-            if spec.has_teacher:  # KL(p||q) = E_p[z - w] - lse + lse_t ; KL(q||p) = E_q[w - z] - lse_t + lse
-                sign = 1.0 if spec.reverse else -1.0
+            if spec.has_teacher and spec.mode == JSD:  # JSD_beta = beta KL(q||m) + (1 - beta) KL(p||m)
+                kl = spec.beta * stats["kl_q"] + (1 - spec.beta) * stats["e_diff"]
+            elif spec.has_teacher:  # KL(p||q) = E_p[z - w] - lse + lse_t ; KL(q||p) = E_q[w - z] - lse_t + lse
+                sign = 1.0 if spec.mode == REVERSE else -1.0
                 kl = stats["e_diff"] - sign * (stats["lse"] - stats["lse_t"])
             tail = stats["lse_tail"] - stats["lse"] if spec.has_tail else torch.zeros_like(kl)
         ctx.save_for_backward(hidden, weight, t_hidden, t_weight, ids, *(stats[k] for k in names))
@@ -322,12 +371,18 @@ class _PolicyHead(torch.autograd.Function):
         g_kl = zeros if g_kl is None or not spec.has_teacher else g_kl.float()
         g_tail = zeros if g_tail is None or not spec.has_tail else g_tail.float()
         # dL/dz_j = sum_k g_k ([j = id_k] - p_j) - g_ent p_j (z_j - E_p z) + g_tail ([j not in K] e^(z_j - lse_tail) - p_j)
-        #           + g_kl (reverse: p_j (z_j - w_j - E_p[z - w]) ; forward: p_j - q_j), all divided by T.
+        #           + g_kl (reverse: p_j (z_j - w_j - E_p[z - w]) ; forward: p_j - q_j ;
+        #                   jsd: (1 - beta) p_j (log p_j/m_j - KL(p||m)), since dJSD/dp_j = (1 - beta) log p_j/m_j),
+        #           all divided by T.
         s = spec.inv_temp
         a = -g_lp.sum(-1) + g_ent * stats["ez"] - g_tail
-        if spec.has_teacher:
-            a = a - g_kl * stats["e_diff"] if spec.reverse else a + g_kl
-        coef = {"a": a * s, "b": -g_ent * s, "r": g_kl * s, "f": g_kl * s, "tc": g_tail * s}
+        r = g_kl
+        if spec.has_teacher and spec.mode == JSD:
+            r = g_kl * (1 - spec.beta)
+            a = a - r * stats["e_diff"]
+        elif spec.has_teacher:
+            a = a - g_kl * stats["e_diff"] if spec.mode == REVERSE else a + g_kl
+        coef = {"a": a * s, "b": -g_ent * s, "r": r * s, "f": g_kl * s, "tc": g_tail * s}
         coef = {k: v.contiguous() for k, v in coef.items()}
         g_ids = (g_lp * s).contiguous()
         for name in ("lse_t", "lse_tail"):
@@ -360,7 +415,7 @@ class HeadOutput:
 
 
 def bucket_kl(student_logprobs: torch.Tensor, student_tail: torch.Tensor, teacher_logprobs: torch.Tensor,
-              teacher_tail: torch.Tensor | None, direction: str) -> torch.Tensor:
+              teacher_tail: torch.Tensor | None, direction: str, jsd_beta: float = 0.5) -> torch.Tensor:
     """KL between two distributions coarsened to K+1 buckets: the teacher's top-k ids and one
     bucket for the rest of the vocabulary. A true divergence (>= 0, 0 iff the buckets agree) and a
     lower bound on the full KL. `student_tail` is the exact log-mass outside the ids (a complement
@@ -371,6 +426,9 @@ def bucket_kl(student_logprobs: torch.Tensor, student_tail: torch.Tensor, teache
         teacher_tail = torch.log1p(-mass.clamp(max=1.0))
     s = torch.cat([student_logprobs, student_tail.clamp(min=TAIL_FLOOR)[:, None]], dim=-1)
     t = torch.cat([teacher_logprobs, teacher_tail.clamp(min=TAIL_FLOOR)[:, None]], dim=-1).to(s.dtype)
+    if direction == "jsd":  # on the buckets: m = (1 - beta) s + beta t
+        m = torch.logaddexp(s + math.log1p(-jsd_beta), t + math.log(jsd_beta))
+        return jsd_beta * (t.exp() * (t - m)).sum(-1) + (1 - jsd_beta) * (s.exp() * (s - m)).sum(-1)
     weights, first, second = (s, s, t) if direction == "reverse" else (t, t, s)
     return (weights.exp() * (first - second)).sum(-1)
 
@@ -386,16 +444,22 @@ def policy_head(
     teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
     teacher_topk_ids: torch.Tensor | None = None, teacher_topk_logprobs: torch.Tensor | None = None,
     teacher_topk_tail: torch.Tensor | None = None, temperature: float = 1.0, direction: str = "reverse",
-    entropy: bool = False, mask: torch.Tensor | None = None, chunk_bytes: int | None = None, backend: str = "auto",
+    jsd_beta: float = 0.5, entropy: bool = False, mask: torch.Tensor | None = None, chunk_bytes: int | None = None,
+    backend: str = "auto",
 ) -> HeadOutput:
     """Per-token log p(targets) ([N] or [N, K]), entropy (with `entropy=True`) and the KL to a
     teacher at the same `temperature`: over the full vocabulary when `teacher_hidden` [N, Ht] and
     `teacher_weight` [V, Ht] are given, or on the teacher's top-k (`teacher_topk_ids`,
     `teacher_topk_logprobs` [N, k], optional exact `teacher_topk_tail` [N]) plus one tail bucket.
-    `direction="reverse"` is KL(student || teacher), the dGRPO term; "forward" KL(teacher || student).
+    `direction="reverse"` is KL(student || teacher), the dGRPO term; "forward" KL(teacher || student);
+    "jsd" the generalized Jensen-Shannon divergence of GKD (Agarwal et al., 2024) with TRL's
+    convention: JSD_b = b KL(teacher || m) + (1 - b) KL(student || m), m = (1 - b) student + b teacher,
+    b = `jsd_beta` in (0, 1) (b -> 0 approaches the forward KL, b -> 1 the reverse, each scaled).
     Rows where `mask` is False are skipped: zeros and no gradient. The teacher gets no gradient."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if direction == "jsd" and not 0 < jsd_beta < 1:
+        raise ValueError(f"jsd_beta must be in (0, 1) (0 and 1 are the forward and reverse KL), got {jsd_beta}")
     if temperature <= 0:
         raise ValueError("temperature must be positive")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
@@ -430,7 +494,8 @@ def policy_head(
     sel_ids = pick(ids).contiguous()
     if sel_ids.numel() and (int(sel_ids.min()) < 0 or int(sel_ids.max()) >= vocab):
         raise ValueError(f"ids must be in [0, {vocab})")
-    spec = _Spec(n_targets=target_ids.shape[1], has_teacher=full, reverse=direction == "reverse", has_tail=topk,
+    spec = _Spec(n_targets=target_ids.shape[1], has_teacher=full, mode=DIRECTIONS.index(direction),
+                 beta=float(jsd_beta), has_tail=topk,
                  inv_temp=1.0 / float(temperature), rows_per_chunk=_rows_per_chunk(vocab, full, chunk_bytes),
                  backend=resolve(backend, hidden), dtype=compute_dtype(hidden, weight),
                  t_dtype=compute_dtype(teacher_hidden, teacher_weight) if full else torch.float32)
@@ -446,7 +511,7 @@ def policy_head(
     if topk:
         k1 = spec.n_targets
         tt = pick(teacher_topk_tail) if teacher_topk_tail is not None else None
-        kl = bucket_kl(lp[:, k1:], tail, pick(teacher_topk_logprobs).float(), tt, direction)
+        kl = bucket_kl(lp[:, k1:], tail, pick(teacher_topk_logprobs).float(), tt, direction, jsd_beta)
         lp = lp[:, :k1]
 
     def scatter(t: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,11 @@ from trainer.kernels.policy_head import policy_head
 def topk_kl(
     hidden: torch.Tensor, weight: torch.Tensor, teacher_topk_ids: torch.Tensor, teacher_topk_logprobs: torch.Tensor, *,
     teacher_topk_tail: torch.Tensor | None = None, temperature: float = 1.0, direction: str = "reverse",
-    mask: torch.Tensor | None = None, backend: str = "auto",
+    jsd_beta: float = 0.5, mask: torch.Tensor | None = None, backend: str = "auto",
 ) -> torch.Tensor:
     """Per-token KL on the teacher's top-k support plus a tail bucket, fp32 [N] (0 where masked).
     `direction="reverse"` is KL(student || teacher) as in dGRPO; "forward" is KL(teacher || student)."""
     return policy_head(hidden, weight, None, teacher_topk_ids=teacher_topk_ids,
                        teacher_topk_logprobs=teacher_topk_logprobs, teacher_topk_tail=teacher_topk_tail,
-                       temperature=temperature, direction=direction, mask=mask, backend=backend).kl
+                       temperature=temperature, direction=direction, jsd_beta=jsd_beta, mask=mask,
+                       backend=backend).kl

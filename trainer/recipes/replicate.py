@@ -137,7 +137,10 @@ def run_rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, scale: S
     from trainer.config import RLConfig, load_config
     from trainer.rl import train
 
-    beta, reward_weight = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0), "dgrpo_cold": (1.0, 1.0)}[arm]
+    from trainer.recipes.family import FAMILY, family_args
+
+    arms = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0), "dgrpo_cold": (1.0, 1.0)}
+    beta, reward_weight = arms.get(arm, (1.0, 0.0))  # the family's arms are pure on-policy distillation
     if not (out / "final" / "config.json").exists():
         train(load_config(RLConfig, None, [
             f"--model.path={model}", f"--data.long=[{{path='{data}'}}]", f"--data.max_prompt_len={max_len}",
@@ -147,7 +150,7 @@ def run_rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, scale: S
             f"--rollout.prompts_per_step={scale.prompts_per_step}", f"--rollout.group_size={scale.group_size}",
             "--rollout.max_new_tokens=32", "--rollout.save=false", "--optim.lr=1e-4", "--optim.warmup_steps=5",
             f"--optim.steps={scale.rl_steps}", f"--optim.micro_batch_rollouts={scale.group_size}",
-            "--model.gradient_checkpointing=false"]))
+            "--model.gradient_checkpointing=false", *(family_args(arm, scale.rl_steps) if arm in FAMILY else [])]))
     return out / "final"
 
 
@@ -176,7 +179,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--smoke", action="store_true", help="tiny models and a few steps (CPU, minutes)")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--extra-arms", default="", help="comma-separated arms of the on-policy distillation family "
+                        "(trainer/recipes/family.py) run after the paper's five, e.g. vopd,topd,reopold")
     args = parser.parse_args()
+    from trainer.recipes.family import FAMILY
+
+    extra = [a for a in args.extra_arms.split(",") if a]
+    if set(extra) - set(FAMILY):
+        parser.error(f"unknown --extra-arms {sorted(set(extra) - set(FAMILY))}; the family: {', '.join(FAMILY)}")
     scale = SMOKE if args.smoke else FULL
     args.task = args.task or ("niah_single_1" if args.smoke else "niah_multikey_1")
     out: Path = args.out
@@ -200,7 +210,7 @@ def main() -> None:
             student = build_model(out / f"student_init-{seed}", tok, *scale.student, max_len, 100 + seed)
             warm = run_sft(student, data / "warm.parquet", out / f"warm-{seed}", scale.warm_steps, 1e-3, max_len, seed,
                            4 * max_len)
-            for arm in ARMS:
+            for arm in (*ARMS, *extra):
                 run = out / f"{arm}-{seed}"
                 if arm == "sft_continued":  # the same number of trained sequences as an RL arm's rollouts
                     final = run_sft(warm, data / "rl.parquet", run, scale.rl_steps, 1e-4, max_len, seed,
