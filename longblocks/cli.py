@@ -118,12 +118,14 @@ RemoteCodeOpt = Annotated[bool, typer.Option(help="Allow the tokenizer's custom 
 
 
 def _source_config(source: str, languages: str | None, per_language: int | None, quota: str | None, seed: int,
-                   text_field: str | None, include: list[str] | None, hub_id: str | None) -> Any:
+                   text_field: str | None, include: list[str] | None, hub_id: str | None,
+                   stack_edu_contents: str = "s3") -> Any:
     from longblocks.config import SourceConfig
 
     return SourceConfig(
         name=source, languages=languages.split(",") if languages else None, per_language=per_language,
         quotas=parse_quotas(quota), seed=seed, text_field=text_field, include=include or [], hub_id=hub_id,
+        stack_edu_contents=stack_edu_contents,
     )
 
 
@@ -164,13 +166,17 @@ def sample_cmd(
     min_tokens: MinTokOpt = SelectConfig.min_tokens,
     max_tokens: MaxTokOpt = SelectConfig.max_tokens,
     part_size: PartSizeOpt = 1000,
+    stack_edu_contents: Annotated[str, typer.Option(
+        help="stack-edu only: where file contents come from: s3 (the Software Heritage bucket, anonymous, "
+             "boto3; AWS_ENDPOINT_URL_S3 for a mirror), s3://BUCKET, or local:PATH (blobs already downloaded, "
+             "named by blob id). Fetched blobs are cached under ~/.cache/longblocks (LONGBLOCKS_CACHE).")] = "s3",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Sample documents from a source into OUT (parquet parts + rejected/ + manifest.json)."""
     from longblocks.sample import sample
     from longblocks.select import admit_selected
 
-    cfg = _source_config(source, languages, per_language, quota, seed, text_field, include, hub_id)
+    cfg = _source_config(source, languages, per_language, quota, seed, text_field, include, hub_id, stack_edu_contents)
     cfg.bin_quotas = parse_quotas(bin_quota, flag="--bin-quota")
     quotas = cfg.resolved_quotas()
     admit, key = None, None

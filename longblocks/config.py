@@ -113,6 +113,9 @@ class SourceConfig:
     hub_id: str | None = None
     revision: str | None = None
     max_bytes: int | None = None
+    # Stack-Edu only: where file contents come from: s3 (Software Heritage's bucket) | s3://BUCKET | local:PATH
+    stack_edu_contents: str = "s3"
+    stack_edu_concurrency: int = 16
 
     def resolved_quotas(self) -> dict[str, int] | None:
         if self.bin_quotas:
@@ -136,6 +139,8 @@ class SourceConfig:
             options["max_bytes"] = self.max_bytes
         if self.hub_id:
             options["hub_id"] = self.hub_id
+        if self.name == "stack-edu":
+            options.update(contents=self.stack_edu_contents, contents_concurrency=self.stack_edu_concurrency)
         from longblocks.sources import resolve_source
 
         return resolve_source(self.name, **options)

@@ -133,7 +133,8 @@ REGISTRY: dict[str, SourceSpec] = {
             description="Educational source files from The Stack v2, one config per programming language",
             kind="code",
             id_field="blob_id",
-            notes="the Hub release lists blob ids; fetch contents first, or point local: at a fetched copy",
+            notes="the Hub rows hold blob ids: contents are fetched from the Software Heritage S3 bucket "
+                  "(boto3, anonymous; --stack-edu-contents local:PATH for blobs already downloaded)",
         ),
         SourceSpec(
             name="fineweb2-hq",
@@ -207,6 +208,9 @@ class Source:
     revision: str | None = None
     source_label: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Stack-Edu: where file contents come from (see longblocks.swh): s3 | s3://BUCKET | local:PATH
+    contents: str = "s3"
+    contents_concurrency: int = 16
 
     @property
     def label(self) -> str:
@@ -255,6 +259,12 @@ class Source:
                 continue
             dataset = open_hub_dataset(self.spec.hub_id, data_slice, revision=self.revision)
             dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+            if self.spec.name == "stack-edu":  # the Hub rows hold blob ids: fetch each file's text
+                from longblocks.swh import ContentFetcher, default_cache, with_contents
+
+                fetcher = ContentFetcher(self.contents, cache=default_cache(), concurrency=self.contents_concurrency)
+                dataset = with_contents(dataset, fetcher, id_field=self.spec.id_field or "blob_id",
+                                        text_field=self.text_field, batch=4 * self.contents_concurrency)
             for candidate in self._rows(
                 dataset,
                 origin=f"{self.spec.hub_id}:{data_slice.config or data_slice.split}",
@@ -354,6 +364,10 @@ class Source:
             original_id = str(row.get(id_field)) if id_field and row.get(id_field) is not None else None
             reject_id = content_id("row", self.label, origin, original_id or str(index))
             text = _join_text(row.get(self.text_field))
+            if row.get("_contents_error"):  # Stack-Edu: the blob could not be fetched
+                reason, detail = row["_contents_error"]
+                yield Candidate(rejection=Rejection(reject_id, reason, f"{origin}: {detail}"))
+                continue
             if text is None:
                 yield Candidate(rejection=Rejection(reject_id, "missing_text", f"{origin}: row {original_id or index} has no {self.text_field!r}"))
                 continue
