@@ -43,6 +43,7 @@ class HubDouble(LocalServer):
         self.lfs_uploads_allowed = lfs_uploads_allowed
         self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content
         self.lfs_puts: list[str] = []  # the oid of every upload received
+        self.lfs_accepted = 0
         self.lfs_verified: list[str] = []
         app = Starlette(routes=[
             Route("/api/repos/create", self.create, methods=["POST"]),
@@ -134,8 +135,10 @@ class HubDouble(LocalServer):
 
     async def lfs_put(self, request: Request) -> JSONResponse:
         self._seen(request)
-        if self.lfs_uploads_allowed is not None and len(self.lfs_objects) >= self.lfs_uploads_allowed:
+        # counted before the body is awaited, so concurrent uploads cannot both pass the check
+        if self.lfs_uploads_allowed is not None and self.lfs_accepted >= self.lfs_uploads_allowed:
             return JSONResponse({"error": "upload refused by the test"}, status_code=403)
+        self.lfs_accepted += 1
         data = await request.body()
         oid = request.path_params["oid"]
         if hashlib.sha256(data).hexdigest() != oid:
