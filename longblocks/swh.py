@@ -48,12 +48,10 @@ class ContentFetcher:
 
     def __init__(self, where: str = "s3", *, cache: Path | None = None, concurrency: int = 16,
                  max_attempts: int = 8, timeout: float = 60.0) -> None:
-        self.where = where
         self.cache = cache
         self.local: Path | None = None
         self.bucket = BUCKET
         self.concurrency = max(1, concurrency)
-        self.fetched_remote = 0
         if where.startswith("local:"):
             self.local = Path(where[len("local:") :]).expanduser()
             if not self.local.is_dir():
@@ -100,7 +98,6 @@ class ContentFetcher:
         except BotoCoreError as exc:  # connection errors once botocore's retries are spent
             return Fetched(None, "fetch_failed", f"s3://{self.bucket}/content/{blob_id}: {exc}")
         text = _decode(body)
-        self.fetched_remote += 1
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(f".tmp{os.getpid()}")

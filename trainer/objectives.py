@@ -160,7 +160,7 @@ def select_tokens(cfg: ObjectiveConfig, mask: torch.Tensor, entropy: torch.Tenso
     if cfg.token_select == "none" or k >= n:
         return mask.clone()
     flat_mask, h, d = mask.reshape(-1), entropy.detach().reshape(-1).double(), divergence.detach().reshape(-1).double()
-    low = flat_mask & (h <= h[flat_mask].median()) if n else flat_mask  # the low-entropy half
+    low = flat_mask & (h <= h[flat_mask].median())  # the low-entropy half (n > 0 here)
 
     def top(score: torch.Tensor, allowed: torch.Tensor, count: int) -> torch.Tensor:
         count = min(count, int(allowed.sum()))
@@ -220,13 +220,11 @@ def dgrpo_loss(
         if cfg.reward_scale != 1:  # G-OPD: -(lambda (log q - log ref) - (log p - log ref))
             if reference_logprobs is None:
                 raise ValueError("objective.reward_scale != 1 (G-OPD) needs reference_logprobs")
-            scaled = logprobs - cfg.reward_scale * teacher_logprobs + (cfg.reward_scale - 1) * reference_logprobs
-            term = torch.where(mask, scaled, 0.0)
+            term = logprobs - cfg.reward_scale * teacher_logprobs + (cfg.reward_scale - 1) * reference_logprobs
         if cfg.mixture_clip < 1 and relaxed:  # REOPOLD: -log(alpha q/p + 1 - alpha)
             log_ratio = torch.where(mask, teacher_logprobs - logprobs, 0.0)
             floor = torch.full_like(log_ratio, math.log1p(-cfg.mixture_clip))
-            mixed = torch.logaddexp(log_ratio + math.log(cfg.mixture_clip), floor)
-            term = torch.where(mask, -mixed, 0.0)
+            term = -torch.logaddexp(log_ratio + math.log(cfg.mixture_clip), floor)
         if cfg.baseline == "exact_kl":
             if exact is None:
                 raise ValueError("baseline 'exact_kl' (vOPD) needs the exact per-token kl from the policy head")
@@ -239,7 +237,7 @@ def dgrpo_loss(
                 raise ValueError(f"token_select = {cfg.token_select!r} needs the per-token entropy")
             divergence = exact if exact is not None else (logprobs - teacher_logprobs).abs()
             active = active & select_tokens(cfg, mask, entropy, divergence)
-        term = torch.where(active, term, 0.0)
+        term = torch.where(active, term, 0.0)  # active is within mask: padding never enters
     else:
         kl = term = torch.zeros_like(logprobs)
         active = torch.zeros_like(mask)

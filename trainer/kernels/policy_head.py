@@ -245,7 +245,7 @@ def _stats_torch(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, sp
 
 def _log_mixture_torch(lp: torch.Tensor, lq: torch.Tensor, beta: float) -> torch.Tensor:
     """log m = log((1 - beta) p + beta q), from log p and log q."""
-    return torch.logaddexp(lp + torch.log1p(torch.tensor(-beta)).item(), lq + torch.log(torch.tensor(beta)).item())
+    return torch.logaddexp(lp + math.log1p(-beta), lq + math.log(beta))
 
 
 def _grad_torch(z: torch.Tensor, zt: torch.Tensor | None, ids: torch.Tensor, g_ids: torch.Tensor,
@@ -427,7 +427,7 @@ def bucket_kl(student_logprobs: torch.Tensor, student_tail: torch.Tensor, teache
     s = torch.cat([student_logprobs, student_tail.clamp(min=TAIL_FLOOR)[:, None]], dim=-1)
     t = torch.cat([teacher_logprobs, teacher_tail.clamp(min=TAIL_FLOOR)[:, None]], dim=-1).to(s.dtype)
     if direction == "jsd":  # on the buckets: m = (1 - beta) s + beta t
-        m = torch.logaddexp(s + math.log1p(-jsd_beta), t + math.log(jsd_beta))
+        m = _log_mixture_torch(s, t, jsd_beta)
         return jsd_beta * (t.exp() * (t - m)).sum(-1) + (1 - jsd_beta) * (s.exp() * (s - m)).sum(-1)
     weights, first, second = (s, s, t) if direction == "reverse" else (t, t, s)
     return (weights.exp() * (first - second)).sum(-1)
