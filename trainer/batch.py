@@ -1,6 +1,7 @@
 """The batch types of RL, in one room: a rollout (prompt, completion, behaviour log-probs, the
-teacher's scores when stored with it), rollouts packed end to end, and the micro-batch one
-forward/backward trains on. Must not run models: engines, teachers and the recipe fill them.
+teacher's scores when stored with it), a teacher's scores or the reason it has none, rollouts packed
+end to end, the micro-batch one forward/backward trains on, and the teacher signal that goes with
+it. Must not run models: engines, teachers and the recipe fill them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ class TeacherScores:
     topk_ids: list[list[int]] | None = None
     topk_logprobs: list[list[float]] | None = None
     topk_tail: list[float] | None = None
+    reference_logprobs: list[float] | None = None  # G-OPD's reference model's log-prob of each sampled token
+
+
+@dataclass(frozen=True)
+class TeacherFailure:
+    """Why a rollout has no teacher scores (the request failed, a stored row lacks them, a value is
+    not finite); the rollout is excluded from the step and counted, never scored as zero."""
+
+    reason: str
+
+
+Scored = TeacherScores | TeacherFailure | None  # None: nothing scored ahead (no teacher, or one read in the head)
 
 
 @dataclass
@@ -30,6 +43,7 @@ class Rollout:
     behaviour_logprobs: list[float] | None  # log-prob of each token under the sampling policy (None: unknown)
     finished: bool  # False when max_new_tokens cut it
     teacher: TeacherScores | None = None  # replayed rollouts may carry precomputed teacher scores
+    origin: str = ""  # where it came from, for messages: "prompt 12 sample 3", "rollouts/step-1.parquet row 7"
 
 
 @dataclass
@@ -65,64 +79,70 @@ class MicroBatch:
     advantages: torch.Tensor  # [S]
     behaviour_logprobs: torch.Tensor  # [S, L] (0 where unknown)
     has_behaviour: torch.Tensor  # [S] the engine (or the replayed row) gave behaviour log-probs
-    teacher_logprobs: torch.Tensor | None  # [S, L] the teacher's log-prob of each sampled token
-    teacher_topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None  # [T-1, K] ids, log-probs; [T-1] tail
-    reference_logprobs: torch.Tensor | None = None  # [S, L] a reference model's log-prob of each token (G-OPD)
+    spans: list[tuple[int, int]]  # each rollout's completion in target coordinates (see `Packed`)
+
+    def tokens(self, per_target: torch.Tensor) -> torch.Tensor:
+        """A per-target tensor [1, T-1] (or [T-1]) as [S, L] over completion tokens, 0 where padded."""
+        return per_target.reshape(-1)[self.index] * self.mask
+
+
+@dataclass
+class TeacherSignal:
+    """What the teacher term sees of the teacher on one micro-batch, built by `teacher.py`. `kind`:
+    none (no teacher term), hidden (the local teacher's last hidden states and head: the policy
+    head computes the exact KL), topk (its top-k log-probs per target position and the tail), or
+    sampled (its log-prob of each sampled token: the k1/k2/k3 estimators). `valid` [S] marks the
+    rollouts it scored; the others are excluded from the step (see `TeacherFailure`)."""
+
+    kind: str
+    valid: torch.Tensor  # [S] bool
+    logprobs: torch.Tensor | None = None  # [S, L] the teacher's log-prob of each sampled token (kind sampled)
+    hidden: torch.Tensor | None = None  # [T-1, Ht] (kind hidden)
+    weight: torch.Tensor | None = None  # [V, Ht] the teacher's LM head (kind hidden)
+    topk_ids: torch.Tensor | None = None  # [T-1, K] (kind topk)
+    topk_logprobs: torch.Tensor | None = None  # [T-1, K]
+    topk_tail: torch.Tensor | None = None  # [T-1] the log-mass outside the top-k (None: known only by the top-k)
+    reference_logprobs: torch.Tensor | None = None  # [S, L] G-OPD's reference model on each sampled token
+    direction: str = "reverse"  # the divergence the policy head computes (reverse | forward | jsd)
+    jsd_beta: float = 0.5
+
+    def head_arguments(self) -> dict[str, object]:
+        """The policy head's teacher keyword arguments (none for kinds none and sampled)."""
+        if self.kind == "hidden":
+            return {"teacher_hidden": self.hidden, "teacher_weight": self.weight, "direction": self.direction,
+                    "jsd_beta": self.jsd_beta}
+        if self.kind == "topk":
+            return {"teacher_topk_ids": self.topk_ids, "teacher_topk_logprobs": self.topk_logprobs,
+                    "teacher_topk_tail": self.topk_tail, "direction": self.direction, "jsd_beta": self.jsd_beta}
+        return {}
 
 
 def make_micro_batch(rollouts: list[Rollout], advantages: list[float], valid: list[bool],
-                     teacher: list[TeacherScores | str | None], device: torch.device,
-                     reference: list[TeacherScores | str | None] | None = None) -> MicroBatch:
+                     device: torch.device) -> MicroBatch:
     packed = pack_rollouts(rollouts)
     length = max(1, max(len(r.completion_ids) for r in rollouts))
     n = len(rollouts)
     index = torch.zeros(n, length, dtype=torch.long)
     mask = torch.zeros(n, length, dtype=torch.bool)
     behaviour = torch.zeros(n, length)
-    teacher_lp = torch.zeros(n, length)
-    scores = [t if isinstance(t, TeacherScores) else None for t in teacher]
-    topk = [s for s in scores if s is not None and s.topk_ids]
-    k = len(topk[0].topk_ids[0]) if topk else 1
-    targets = len(packed.input_ids) - 1
-    topk_ids = torch.zeros(targets, k, dtype=torch.long)
-    topk_lp = torch.full((targets, k), -1e4)  # rows outside completions never enter the KL (masked)
-    with_tail = bool(topk) and all(s.topk_tail is not None for s in topk)
-    topk_tail = torch.zeros(targets)
     for i, ((start, end), rollout) in enumerate(zip(packed.spans, rollouts)):
         size = end - start
         index[i, :size] = torch.arange(start, end)
         mask[i, :size] = valid[i]
         if rollout.behaviour_logprobs is not None:
             behaviour[i, :size] = torch.tensor(rollout.behaviour_logprobs[:size])
-        if scores[i] is not None:
-            teacher_lp[i, :size] = torch.tensor(scores[i].logprobs)
-            if topk and scores[i].topk_ids:
-                topk_ids[start:end] = torch.tensor(scores[i].topk_ids)
-                topk_lp[start:end] = torch.tensor(scores[i].topk_logprobs)
-                if with_tail:
-                    topk_tail[start:end] = torch.tensor(scores[i].topk_tail)
-    reference_lp = None
-    if reference is not None:
-        reference_lp = torch.zeros(n, length)
-        for i, scored in enumerate(reference):
-            if isinstance(scored, TeacherScores):
-                reference_lp[i, : len(scored.logprobs)] = torch.tensor(scored.logprobs)
-    target_mask = torch.zeros(targets, dtype=torch.bool)
+    target_mask = torch.zeros(len(packed.input_ids) - 1, dtype=torch.bool)
     target_mask[index[mask]] = True
     return MicroBatch(
         torch.tensor([packed.input_ids], device=device), torch.tensor([packed.position_ids], device=device),
         index.to(device), mask.to(device), target_mask[None].to(device), torch.tensor(advantages, device=device),
         behaviour.to(device), torch.tensor([r.behaviour_logprobs is not None for r in rollouts], device=device),
-        teacher_lp.to(device) if any(s is not None for s in scores) else None,
-        (topk_ids.to(device), topk_lp.to(device), topk_tail.to(device) if with_tail else None) if topk else None,
-        reference_lp.to(device) if reference_lp is not None else None,
+        packed.spans,
     )
 
 
-def micro_batches(rollouts: list[Rollout], advantages: list[float], valid: list[bool],
-                  teacher: list[TeacherScores | str | None], size: int, device: torch.device,
-                  reference: list[TeacherScores | str | None] | None = None) -> list[MicroBatch]:
-    """The step's rollouts in micro-batches of `size`, in order (`reference`: G-OPD's reference scores)."""
-    return [make_micro_batch(rollouts[s:s + size], advantages[s:s + size], valid[s:s + size], teacher[s:s + size], device,
-                             None if reference is None else reference[s:s + size])
+def micro_batches(rollouts: list[Rollout], advantages: list[float], valid: list[bool], size: int,
+                  device: torch.device) -> list[MicroBatch]:
+    """The step's rollouts in micro-batches of `size`, in order."""
+    return [make_micro_batch(rollouts[s:s + size], advantages[s:s + size], valid[s:s + size], device)
             for s in range(0, len(rollouts), size)]

@@ -149,6 +149,9 @@ class ObjectiveConfig:
     beta: float = 0.0  # weight of the teacher KL; 0 is GRPO
     eps_low: float = 0.2
     eps_high: float = 0.2  # > eps_low is DAPO's clip-higher
+    # Dual clip on negative advantages (verl's clip_ratio_c, 3 there): the surrogate is at least c x A,
+    # so a token whose ratio ran far above 1 cannot push an unbounded loss. 0: off; otherwise > 1.
+    clip_ratio_c: float = 0.0
     estimator: str = "full"  # full | topk | k1 | k2 | k3
     combine: str = "loss"  # loss (the paper) | advantage (A_it - beta * KL_it, detached)
     direction: str = "reverse"  # reverse: KL(student || teacher), the paper; forward: KL(teacher || student); jsd
@@ -179,10 +182,10 @@ class ObjectiveConfig:
     # (half each of entropy and overconfident). REOPOLD's token-level dynamic sampling is `entropy`.
     token_select: str = "none"
     token_fraction: float = 1.0
-    # REOPOLD (relaxed OPD): mixture-based clipping of the sampled-token reward,
-    # r = log(alpha q/p + 1 - alpha) >= log(1 - alpha) (1: off, plain log q/p); with relax_steps > 0,
-    # the relaxations (mixture_clip, token_select) hold for the first relax_steps steps (exploration),
-    # then plain OPD on every token (refinement).
+    # REOPOLD (relaxed OPD): mixture-based clipping of the sampled-token reward, a floor
+    # r = max(log q/p, log(lambda / (1 - lambda))) with lambda in (0, 0.5] (1: off, plain log q/p);
+    # with relax_steps > 0, the relaxations (mixture_clip, token_select) hold for the first
+    # relax_steps steps (exploration), then plain OPD on every token (refinement).
     mixture_clip: float = 1.0
     relax_steps: int = 0
 
@@ -205,8 +208,13 @@ class ObjectiveConfig:
         if not 0 < self.jsd_beta < 1:
             raise ConfigError("objective.jsd_beta must be in (0, 1); 0 and 1 are direction = 'forward' / 'reverse'")
         _choice("objective.token_select", self.token_select, TOKEN_SELECTS)
-        if not 0 < self.token_fraction <= 1 or not 0 < self.mixture_clip <= 1 or self.relax_steps < 0:
-            raise ConfigError("objective.token_fraction and mixture_clip must be in (0, 1], relax_steps >= 0")
+        if not 0 < self.token_fraction <= 1 or self.relax_steps < 0:
+            raise ConfigError("objective.token_fraction must be in (0, 1], relax_steps >= 0")
+        if not (0 < self.mixture_clip <= 0.5 or self.mixture_clip == 1):
+            raise ConfigError("objective.mixture_clip (REOPOLD's lambda) must be in (0, 0.5] (the reward floor "
+                              f"log(lambda / (1 - lambda)) <= 0) or 1 (off); got {self.mixture_clip}")
+        if self.clip_ratio_c and self.clip_ratio_c <= 1:
+            raise ConfigError(f"objective.clip_ratio_c (the dual clip) must be > 1, or 0 for off; got {self.clip_ratio_c}")
         if self.reward_scale <= 0:
             raise ConfigError("objective.reward_scale (G-OPD's lambda) must be > 0")
         sampled_reward = (self.estimator, self.combine) == ("k1", "advantage")
@@ -346,6 +354,12 @@ class RLConfig:
         if obj.beta > 0 and obj.estimator == "full" and teacher.source != "local":
             raise ConfigError("objective.estimator = 'full' needs the teacher's hidden states: teacher.source = 'local' "
                               "(a served or precomputed teacher supports topk, k1, k2, k3)")
+        if obj.beta > 0 and obj.estimator in ("k1", "k2", "k3") and (rollout.top_p < 1 or rollout.top_k > 0):
+            raise ConfigError(
+                f"objective.estimator = '{obj.estimator}' estimates the KL from tokens sampled from the student's whole "
+                f"distribution, and rollout.top_p = {rollout.top_p} / top_k = {rollout.top_k} truncate it: the expected "
+                "gradient is then not the KL's gradient. Sample with top_p = 1 and "
+                "top_k = 0, or use estimator = 'full' or 'topk' (exact per state)")
         if obj.beta > 0 and teacher.source == "served" and rollout.temperature != 1.0:
             raise ConfigError("a served teacher returns log-probs at temperature 1, and the KL compares both policies "
                               "at the student's sampling temperature: set rollout.temperature = 1")

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.batch import TeacherSignal
 from trainer.config import ConfigError, ModelConfig
 from trainer.kernels import HeadOutput, policy_head
 
@@ -81,22 +82,20 @@ class FusedLogprobLM(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None = None, *, temperature: float = 1.0,
-        mask: torch.Tensor | None = None, entropy: bool = False, teacher: dict[str, Any] | None = None,
-        direction: str = "reverse", jsd_beta: float = 0.5, run: Callable[[Any], Any] | None = None,
+        mask: torch.Tensor | None = None, entropy: bool = False, teacher: TeacherSignal | None = None,
+        run: Callable[[Any], Any] | None = None,
     ) -> HeadOutput | Any:
-        """The policy head on the next tokens: log-probs [B, T-1] and, when asked, entropy and the
-        KL to `teacher` (keyword arguments of `policy_head` over the same [B*(T-1)] positions:
-        `teacher_hidden` + `teacher_weight`, or `teacher_topk_ids` + `teacher_topk_logprobs`
-        [+ `teacher_topk_tail`]), all reshaped to [B, T-1]. `run=fn` calls fn(wrapped model) instead:
-        under FSDP2 the root's parameters are gathered only around the root's forward."""
+        """The policy head on the next tokens [B, T-1]: log-probs, entropy when asked, the KL to the
+        `teacher` signal's teacher. `run=fn` calls fn(wrapped model) instead: under FSDP2 the root's
+        parameters are gathered only around the root's forward."""
         if run is not None:
             return run(self.lm)
         hidden = self.hidden_states(input_ids, position_ids)[:, :-1]
         targets = input_ids[:, 1:]
         flat = hidden.reshape(-1, hidden.shape[-1])
         out = policy_head(flat, self.lm.get_output_embeddings().weight, targets.reshape(-1), temperature=temperature,
-                          entropy=entropy, mask=None if mask is None else mask.reshape(-1), direction=direction,
-                          jsd_beta=jsd_beta, **(teacher or {}))
+                          entropy=entropy, mask=None if mask is None else mask.reshape(-1),
+                          **(teacher.head_arguments() if teacher is not None else {}))
         shape = targets.shape  # copies, not views: FSDP2's backward hook must not sit on a view
         return HeadOutput(*(None if t is None else t.view(shape).clone() for t in
                             (out.logprobs, out.entropy, out.kl, out.teacher_logprobs)))

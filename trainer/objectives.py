@@ -35,33 +35,58 @@ Options of the on-policy distillation family (each one config key, neutral at it
     reference (ExOPD: the student's initial weights). E_p[term grad log p] is the gradient of
     KL(p || ref) - lambda E_p[log q/ref]: the reverse KL to q^lambda ref^(1-lambda), renormalized.
   TIP, objective.token_select / token_fraction (token importance in on-policy distillation; Xu et
-    al., 2026, arXiv 2604.14084): the teacher term on the selected tokens only,
-        KL_it <- KL_it 1[(i, t) in S],  |S| = ceil(fraction x tokens of the micro-batch)
+    al., 2026, arXiv 2604.14084; read: the abstract and summaries): the teacher term on the selected
+    tokens only, as a mean over them,
+        KL_it <- KL_it 1[(i, t) in S] n / |S|,  |S| = ceil(fraction x n),  n = trained tokens of the micro-batch
     S by student entropy H_it (entropy), teacher-student divergence D_it (divergence: the exact
     per-token KL when the head gives one, else |log p - log q| of the sampled token), the
     low-entropy high-divergence tokens (overconfident: H <= median H, top D), or half each (tip).
-  REOPOLD, objective.mixture_clip = alpha, objective.relax_steps (relaxed on-policy distillation;
-    Ko et al., 2026, arXiv 2603.11137), as we read it: the reward log q/p measured against the
-    mixture m = alpha q + (1 - alpha) p,
-        r_it = log(m / p) = log(alpha e^(log q - log p) + 1 - alpha) >= log(1 - alpha),  term = -r
-    (negative rewards clipped smoothly, positive ones kept: log(1 + alpha (q/p - 1))), entropy-based
-    token-level dynamic sampling as token_select = "entropy", and exploration-to-refinement: the
-    relaxations for the first relax_steps steps, plain OPD on every token after.
+    The paper trains on the retained tokens alone (its memory savings come from dropping the rest);
+    we read that as the term's mean over S, so beta keeps its weight whatever the fraction (an
+    earlier version divided by all n tokens: a strength of beta x fraction).
+  REOPOLD, objective.mixture_clip = lambda, objective.relax_steps (relaxed on-policy distillation;
+    Ko et al., 2026, arXiv 2603.11137). Read: the abstract and public summaries (section 3's equations
+    were not reachable from here): the token reward is r = log q - log p, negative rewards are clipped
+    from below through a mixture coefficient, high-entropy tokens are sampled, and training moves from
+    exploration (relaxed) to refinement (plain OPD). Reading chosen, as two other public
+    implementations read it: a floor on the reward, positive rewards untouched,
+        r_it = max(log q - log p, log(lambda / (1 - lambda))),  term = -r,  lambda in (0, 1/2]
+    (lambda = 1/2: negative rewards become 0). The smooth mixture log(lambda q/p + 1 - lambda) of an
+    earlier version is not kept: it also shrinks positive rewards (+1 becomes +0.295 at lambda 0.2).
+    Token-level dynamic sampling is token_select = "entropy" (the TIP machinery below), and
+    exploration-to-refinement is relax_steps: the relaxations hold for the first relax_steps steps.
   Divergence, objective.direction = "jsd" with jsd_beta = b (GKD's generalized JSD, TRL's
     convention), exact over the vocabulary through the policy head (full) or on the top-k buckets:
         JSD_b(s) = b KL(q || m) + (1 - b) KL(p || m),  m = (1 - b) p + b q
     with gradient (1 - b) p_j (log p_j/m_j - KL(p || m)) per logit (the head's backward).
+
+Safeguards, as verl has them: the log-ratio log p - log p_old is clamped to [-20, 20] before the
+exponential (a ratio of e^100 times a zero advantage is NaN otherwise), and objective.clip_ratio_c
+= c > 1 is the dual clip on negative advantages, surrogate = max(min(rho A, clip(rho) A), c A)
+(verl's clip_ratio_c; 0 is off). Every input is masked before the arithmetic, so a padded or
+excluded token (a -inf teacher log-prob there, say) reaches neither the value nor the gradient.
+
+The code composes as verl's core_algos does: `clipped_surrogate` (the policy loss per token),
+`teacher_term` (the estimate, then each family variant as one small function), `aggregate`
+(the loss over tokens); `dgrpo_loss` is those three.
 """
+
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from trainer.batch import MicroBatch, TeacherSignal
 from trainer.config import ObjectiveConfig
+from trainer.kernels import HeadOutput
+
+LOG_RATIO_CLAMP = 20.0  # verl's bound on log p - log p_old before the exponential
 
 
+# -- advantages -------------------------------------------------------------------------------------
 def group_advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, *, scale_std: bool = True,
                      eps: float = 1e-6) -> torch.Tensor:
     """A_i = (r_i - mean_g r) [/ (std_g r + eps)] over each group's valid members; rewards is
@@ -97,6 +122,96 @@ def rollout_advantages(rewards: list[float], valid: list[bool], group_sizes: lis
     return [float(advantages[g, j]) for g, j in slots], zero_variance
 
 
+# -- what the objective sees ------------------------------------------------------------------------
+@dataclass
+class TokenBatch:
+    """The objective's per-token view of a micro-batch: [S, L] over completion tokens (S sequences),
+    advantages [S]. The teacher inputs are what the configured term needs: `kl` the exact per-token
+    divergence from the policy head (full / topk), `teacher_logprobs` the teacher's log-prob of each
+    sampled token, `reference_logprobs` G-OPD's reference model's, `entropy` the student's."""
+
+    logprobs: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    entropy: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    teacher_logprobs: torch.Tensor | None = None
+    reference_logprobs: torch.Tensor | None = None
+
+
+def token_batch(head: HeadOutput, signal: TeacherSignal, mb: MicroBatch,
+                old_logprobs: torch.Tensor | None) -> TokenBatch:
+    """A micro-batch's TokenBatch from the policy head's per-target outputs and the teacher signal;
+    `old_logprobs` None means pi_old = pi_theta (one epoch, recomputed: rho = 1)."""
+    mask = mb.mask & signal.valid[:, None]
+    logprobs = mb.tokens(head.logprobs)
+    teacher_logprobs = signal.logprobs  # sampled; a local teacher's come from the head (vOPD)
+    if head.teacher_logprobs is not None:
+        teacher_logprobs = mb.tokens(head.teacher_logprobs)
+    return TokenBatch(
+        logprobs, logprobs.detach() if old_logprobs is None else old_logprobs, mb.advantages, mask,
+        entropy=None if head.entropy is None else mb.tokens(head.entropy.detach()),
+        kl=None if head.kl is None else mb.tokens(head.kl), teacher_logprobs=teacher_logprobs,
+        reference_logprobs=signal.reference_logprobs)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where a step is in the family's schedules: TOPD/POPD's horizon in completion tokens (None:
+    the whole rollout) and REOPOLD's phase (`relaxed`: exploration)."""
+
+    horizon: int | None = None
+    relaxed: bool = True
+
+
+def horizon_tokens(cfg: ObjectiveConfig, step: int, max_new_tokens: int) -> int | None:
+    """h(step) in tokens for TOPD/POPD (None: the whole rollout). `step` counts from 1."""
+    if cfg.horizon == 0:
+        return None
+    def tokens(h: float) -> int:
+        return max(1, round(h * max_new_tokens) if h <= 1 else int(h))
+    start = tokens(cfg.horizon)
+    if not cfg.horizon_steps:
+        return min(start, max_new_tokens)
+    final = tokens(cfg.horizon_final)
+    grown = start + (final - start) * min(1.0, (step - 1) / cfg.horizon_steps)
+    return min(int(round(grown)), max_new_tokens)
+
+
+def schedule(cfg: ObjectiveConfig, step: int, max_new_tokens: int) -> Schedule:
+    """The step's Schedule (`step` counts from 1)."""
+    return Schedule(horizon_tokens(cfg, step, max_new_tokens), not cfg.relax_steps or step <= cfg.relax_steps)
+
+
+def signal_kind(cfg: ObjectiveConfig) -> str:
+    """What the teacher term needs from the teacher: 'hidden' (the local teacher's last hidden states
+    and head: exact full-vocabulary KL; vOPD reads the teacher's log-prob of each token there too),
+    'topk' (its top-k log-probs and tail), 'sampled' (its log-prob of each sampled token: k1/k2/k3),
+    or 'none' (beta = 0)."""
+    if cfg.beta == 0:
+        return "none"
+    if cfg.baseline == "exact_kl":
+        return "hidden"
+    return {"full": "hidden", "topk": "topk"}.get(cfg.estimator, "sampled")
+
+
+# -- the clipped surrogate --------------------------------------------------------------------------
+def clipped_surrogate(cfg: ObjectiveConfig, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                      advantages: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO/PPO's per-token surrogate min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A), with
+    verl's dual clip max(., c A) on negative advantages when clip_ratio_c = c > 0, and the ratio
+    rho = exp(clamp(log p - log p_old, -20, 20)) (1 off the mask); advantages are per token [S, L].
+    Returns (surrogate, rho)."""
+    log_ratio = torch.where(mask, logprobs - old_logprobs, 0.0).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    surrogate = torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high) * advantages)
+    if cfg.clip_ratio_c:
+        surrogate = torch.where(advantages < 0, torch.maximum(surrogate, cfg.clip_ratio_c * advantages), surrogate)
+    return surrogate, ratio
+
+
+# -- the teacher term -------------------------------------------------------------------------------
 def sampled_kl(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token estimates from the sampled token only (Schulman's k1, k2, k3 with
     log r = log pi_teacher - log pi_theta); each value estimates KL(pi_theta || pi_teacher):
@@ -113,42 +228,53 @@ def sampled_kl(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, estimator
     raise ValueError(f"sampled-token estimator must be k1, k2 or k3, got {estimator!r}")
 
 
-def teacher_input(cfg: ObjectiveConfig) -> str:
-    """What the policy head needs for the teacher term: 'hidden' (the local teacher's last hidden
-    states and head: exact full-vocabulary KL), 'topk' (the teacher's top-k log-probs and tail),
-    'sampled' (the teacher's log-prob of each sampled token: k1/k2/k3), or 'none' (beta = 0)."""
-    if cfg.beta == 0:
-        return "none"
-    if cfg.baseline == "exact_kl":  # vOPD: the head gives the exact KL and the teacher's log-prob of each token
-        return "hidden"
-    return {"full": "hidden", "topk": "topk"}.get(cfg.estimator, "sampled")
+def _masked(values: torch.Tensor | None, mask: torch.Tensor, fill: torch.Tensor | float, what: str) -> torch.Tensor:
+    """`values` where `mask`, `fill` elsewhere: before any arithmetic, so nothing off the mask (a
+    -inf at a padded position, say) reaches a value or a gradient."""
+    if values is None:
+        raise ValueError(f"this teacher term needs {what}")
+    return torch.where(mask, values, fill)
 
 
-def kl_term(cfg: ObjectiveConfig, logprobs: torch.Tensor, *, kl: torch.Tensor | None = None,
-            teacher_logprobs: torch.Tensor | None = None) -> torch.Tensor:
-    """The per-token teacher term [S, T]: the head's exact KL (full/topk) or a sampled-token
-    estimator of it (k1/k2/k3) from the student's and the teacher's log-prob of each token."""
+def _teacher_logprobs(t: TokenBatch) -> torch.Tensor:
+    """The teacher's log-prob of each sampled token, equal to the student's off the mask (d = 0 there)."""
+    return _masked(t.teacher_logprobs, t.mask, t.logprobs.detach(), "teacher_logprobs")
+
+
+def estimate(cfg: ObjectiveConfig, t: TokenBatch) -> torch.Tensor:
+    """The per-token divergence estimate [S, L], 0 off the mask: the head's exact KL (full / topk)
+    or a sampled-token estimator (k1 / k2 / k3) of the reverse KL."""
     if cfg.estimator in ("full", "topk"):
-        if kl is None:
-            raise ValueError(f"estimator {cfg.estimator!r} needs the per-token kl from the policy head")
-        return kl
-    if teacher_logprobs is None:
-        raise ValueError(f"estimator {cfg.estimator!r} needs teacher_logprobs")
-    return sampled_kl(logprobs, teacher_logprobs, cfg.estimator)
+        return _masked(t.kl, t.mask, 0.0, f"the per-token kl from the policy head (estimator {cfg.estimator!r})")
+    logprobs = torch.where(t.mask, t.logprobs, t.logprobs.detach())
+    return torch.where(t.mask, sampled_kl(logprobs, _teacher_logprobs(t), cfg.estimator), 0.0)
 
 
-def horizon_tokens(cfg: ObjectiveConfig, step: int, max_new_tokens: int) -> int | None:
-    """h(step) in tokens for TOPD/POPD (None: the whole rollout). `step` counts from 1."""
-    if cfg.horizon == 0:
-        return None
-    def tokens(h: float) -> int:
-        return max(1, round(h * max_new_tokens) if h <= 1 else int(h))
-    start = tokens(cfg.horizon)
-    if not cfg.horizon_steps:
-        return min(start, max_new_tokens)
-    final = tokens(cfg.horizon_final)
-    grown = start + (final - start) * min(1.0, (step - 1) / cfg.horizon_steps)
-    return min(int(round(grown)), max_new_tokens)
+def gopd_term(cfg: ObjectiveConfig, t: TokenBatch) -> torch.Tensor:
+    """G-OPD / ExOPD: -(lambda (log q - log ref) - (log p - log ref)) = d + (lambda - 1)(log ref - log q)."""
+    reference = _masked(t.reference_logprobs, t.mask, 0.0, "reference_logprobs (objective.reward_scale != 1, G-OPD)")
+    teacher = _teacher_logprobs(t)
+    return torch.where(t.mask, t.logprobs - cfg.reward_scale * teacher + (cfg.reward_scale - 1) * reference, 0.0)
+
+
+def reopold_term(cfg: ObjectiveConfig, t: TokenBatch) -> torch.Tensor:
+    """REOPOLD: -max(log q - log p, log(lambda / (1 - lambda))) (see the module docstring)."""
+    reward = _teacher_logprobs(t) - t.logprobs
+    floor = math.log(cfg.mixture_clip / (1 - cfg.mixture_clip))
+    return torch.where(t.mask, -reward.clamp(min=floor), 0.0)
+
+
+def vopd_baseline(t: TokenBatch) -> torch.Tensor:
+    """vOPD: the exact per-token KL, the sampled log-ratio's expectation under the student (detached)."""
+    return _masked(t.kl, t.mask, 0.0, "the exact per-token kl from the policy head (baseline 'exact_kl', vOPD)").detach()
+
+
+def within_horizon(mask: torch.Tensor, horizon: int | None) -> torch.Tensor:
+    """TOPD/POPD: the mask's first `horizon` completion tokens of each sequence (all when None)."""
+    if horizon is None:
+        return mask.bool()
+    position = torch.cumsum(mask.long(), dim=-1) - 1  # index among the completion's tokens
+    return mask.bool() & (position < horizon)
 
 
 def select_tokens(cfg: ObjectiveConfig, mask: torch.Tensor, entropy: torch.Tensor,
@@ -182,6 +308,46 @@ def select_tokens(cfg: ObjectiveConfig, mask: torch.Tensor, entropy: torch.Tenso
     return chosen.reshape(mask.shape)
 
 
+def tip_selection(cfg: ObjectiveConfig, t: TokenBatch) -> torch.Tensor:
+    """TIP / REOPOLD's token-level dynamic sampling: the selected tokens (bool [S, L])."""
+    if t.entropy is None:
+        raise ValueError(f"token_select = {cfg.token_select!r} needs the per-token entropy")
+    divergence = t.kl if t.kl is not None else (t.logprobs - _teacher_logprobs(t)).abs()
+    return select_tokens(cfg, t.mask, torch.where(t.mask, t.entropy, 0.0), torch.where(t.mask, divergence, 0.0))
+
+
+@dataclass
+class TeacherTerm:
+    """The teacher term per token [S, L]: `term` is what enters the objective (0 off `active`),
+    `kl` the reported divergence estimate, `active` the tokens the term trains."""
+
+    term: torch.Tensor
+    kl: torch.Tensor
+    active: torch.Tensor
+
+
+def teacher_term(cfg: ObjectiveConfig, t: TokenBatch, at: Schedule = Schedule()) -> TeacherTerm:
+    """The estimate, then each configured variant of the on-policy distillation family in turn."""
+    if cfg.beta == 0:
+        zeros = torch.zeros_like(t.logprobs)
+        return TeacherTerm(zeros, zeros, torch.zeros_like(t.mask, dtype=torch.bool))
+    kl = estimate(cfg, t)
+    term = kl
+    if cfg.reward_scale != 1:
+        term = gopd_term(cfg, t)
+    elif cfg.mixture_clip < 1 and at.relaxed:  # the config refuses G-OPD with REOPOLD
+        term = reopold_term(cfg, t)
+    if cfg.baseline == "exact_kl":
+        term = term - vopd_baseline(t)
+    active = within_horizon(t.mask, at.horizon)
+    if cfg.token_select != "none" and at.relaxed:
+        selected = active & tip_selection(cfg, t)
+        term = term * (t.mask.sum() / selected.sum().clamp(min=1))  # TIP: the mean over the selected tokens
+        active = selected
+    return TeacherTerm(torch.where(active, term, 0.0), kl, active)
+
+
+# -- aggregation and the loss -----------------------------------------------------------------------
 def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
     """The step's denominator for `dgrpo_loss` computed over a whole step's mask [S, T]: sequences
     with at least one trained token (seq-mean, seq-sum-norm) or trained tokens (token-mean)."""
@@ -191,84 +357,51 @@ def normalizer(cfg: ObjectiveConfig, mask: torch.Tensor) -> float:
     return sequences * (cfg.norm_constant if cfg.aggregation == "seq-sum-norm" else 1.0)
 
 
-def dgrpo_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-    cfg: ObjectiveConfig, *, kl: torch.Tensor | None = None, teacher_logprobs: torch.Tensor | None = None,
-    denominator: float | None = None, horizon: int | None = None, entropy: torch.Tensor | None = None,
-    reference_logprobs: torch.Tensor | None = None, relaxed: bool = True,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(-J summed over these sequences / denominator, per-token sums for metrics).
-
-    logprobs, old_logprobs, mask: [S, T] over completion tokens; advantages: [S] (one per
-    sequence, group-relative). The teacher term is `kl` [S, T] (exact per-token KL, estimators
-    full/topk) or computed here from `teacher_logprobs` [S, T] (k1/k2/k3). combine="loss" subtracts
-    beta*KL from the objective (the paper); combine="advantage" folds it into a per-token advantage
-    A_it - beta*KL_it (detached), which for k1 is A_it - beta (log pi_theta - log pi_teacher).
-    `denominator` defaults to `normalizer(cfg, mask)` (a step of one micro-batch). vOPD
-    (cfg.baseline = "exact_kl") takes the exact per-token KL in `kl` beside `teacher_logprobs`;
-    `horizon` (TOPD/POPD, see `horizon_tokens`) keeps the teacher term on the first h completion
-    tokens of each sequence (positions counted over the mask). G-OPD (cfg.reward_scale != 1) takes
-    the reference's log-prob of each token in `reference_logprobs`; TIP/REOPOLD's selection the
-    student's per-token `entropy` [S, T]; `relaxed` is False in REOPOLD's refinement phase (no
-    mixture clipping, no token selection)."""
-    maskf = mask.to(logprobs.dtype)
-    if cfg.beta > 0:
-        exact = kl
-        kl = torch.where(mask, kl_term(cfg, logprobs, kl=kl, teacher_logprobs=teacher_logprobs), 0.0)
-        term = kl  # what enters the objective; `kl` stays the reported estimate
-        active = mask.bool()  # tokens the teacher term is trained on
-        if cfg.reward_scale != 1:  # G-OPD: -(lambda (log q - log ref) - (log p - log ref))
-            if reference_logprobs is None:
-                raise ValueError("objective.reward_scale != 1 (G-OPD) needs reference_logprobs")
-            term = logprobs - cfg.reward_scale * teacher_logprobs + (cfg.reward_scale - 1) * reference_logprobs
-        if cfg.mixture_clip < 1 and relaxed:  # REOPOLD: -log(alpha q/p + 1 - alpha)
-            log_ratio = torch.where(mask, teacher_logprobs - logprobs, 0.0)
-            floor = torch.full_like(log_ratio, math.log1p(-cfg.mixture_clip))
-            term = -torch.logaddexp(log_ratio + math.log(cfg.mixture_clip), floor)
-        if cfg.baseline == "exact_kl":
-            if exact is None:
-                raise ValueError("baseline 'exact_kl' (vOPD) needs the exact per-token kl from the policy head")
-            term = term - torch.where(mask, exact, 0.0).detach()
-        if horizon is not None:
-            position = torch.cumsum(mask.long(), dim=-1) - 1  # index among the completion's tokens
-            active = active & (position < horizon)
-        if cfg.token_select != "none" and relaxed:  # TIP / REOPOLD's token-level dynamic sampling
-            if entropy is None:
-                raise ValueError(f"token_select = {cfg.token_select!r} needs the per-token entropy")
-            divergence = exact if exact is not None else (logprobs - teacher_logprobs).abs()
-            active = active & select_tokens(cfg, mask, entropy, divergence)
-        term = torch.where(active, term, 0.0)  # active is within mask: padding never enters
-    else:
-        kl = term = torch.zeros_like(logprobs)
-        active = torch.zeros_like(mask)
-
-    token_advantages = advantages[:, None].to(logprobs.dtype).expand_as(logprobs)
-    if cfg.combine == "advantage":
-        token_advantages = token_advantages - cfg.beta * term.detach()
-    ratio = torch.exp(torch.where(mask, logprobs - old_logprobs, 0.0))  # padding cannot overflow
-    unclipped = ratio * token_advantages
-    clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high) * token_advantages
-    surrogate = torch.minimum(unclipped, clipped)
-    per_token = surrogate - cfg.beta * term if cfg.combine == "loss" else surrogate
-
+def aggregate(cfg: ObjectiveConfig, per_token: torch.Tensor, mask: torch.Tensor, denominator: float) -> torch.Tensor:
+    """The objective J over tokens: each sequence's mean (seq-mean) or every token's sum (token-mean,
+    seq-sum-norm), over the step's `denominator`."""
+    maskf = mask.to(per_token.dtype)
     if cfg.aggregation == "seq-mean":
-        lengths = maskf.sum(-1)
-        per_sequence = (per_token * maskf).sum(-1) / lengths.clamp(min=1)
-        objective = per_sequence.sum()
+        objective = ((per_token * maskf).sum(-1) / maskf.sum(-1).clamp(min=1)).sum()
     else:  # token-mean and seq-sum-norm both sum every token; they differ in the denominator
         objective = (per_token * maskf).sum()
-    denominator = normalizer(cfg, mask) if denominator is None else denominator
-    loss = -objective / max(denominator, 1e-12)
+    return objective / max(denominator, 1e-12)
+
+
+def dgrpo_loss(t: TokenBatch, cfg: ObjectiveConfig, *, denominator: float | None = None,
+               at: Schedule = Schedule()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(-J of these sequences over the step's `denominator`, per-token sums for metrics): the
+    clipped surrogate, the teacher term (combine = loss: minus beta x term; combine = advantage:
+    folded into a per-token advantage A_i - beta x term, detached), one aggregation. `denominator`
+    defaults to `normalizer(cfg, mask)` (a step of one micro-batch)."""
+    mask = t.mask.bool()
+    teacher = teacher_term(cfg, t, at)
+    advantages = t.advantages[:, None].to(t.logprobs.dtype).expand_as(t.logprobs)
+    if cfg.combine == "advantage":
+        advantages = advantages - cfg.beta * teacher.term.detach()
+    surrogate, ratio = clipped_surrogate(cfg, t.logprobs, t.old_logprobs, advantages, mask)
+    per_token = surrogate - cfg.beta * teacher.term if cfg.combine == "loss" else surrogate
+    loss = -aggregate(cfg, per_token, mask, normalizer(cfg, mask) if denominator is None else denominator)
 
     with torch.no_grad():
-        clipped_low = (ratio < 1 - cfg.eps_low) & (token_advantages < 0)
-        clipped_high = (ratio > 1 + cfg.eps_high) & (token_advantages > 0)
+        maskf = mask.to(t.logprobs.dtype)
+        clipped_low = (ratio < 1 - cfg.eps_low) & (advantages < 0)
+        clipped_high = (ratio > 1 + cfg.eps_high) & (advantages > 0)
         stats = {
             "tokens": maskf.sum(),
-            "kl_sum": (kl * maskf).sum(),
-            "clip_low_sum": (clipped_low & mask.bool()).sum().to(logprobs.dtype),
-            "clip_high_sum": (clipped_high & mask.bool()).sum().to(logprobs.dtype),
+            "kl_sum": (teacher.kl * maskf).sum(),
+            "clip_low_sum": (clipped_low & mask).sum().to(t.logprobs.dtype),
+            "clip_high_sum": (clipped_high & mask).sum().to(t.logprobs.dtype),
             "ratio_sum": (ratio * maskf).sum(),
-            "distill_tokens": active.sum().to(logprobs.dtype),
+            "distill_tokens": teacher.active.sum().to(t.logprobs.dtype),
+            "entropy_sum": (t.entropy * maskf).sum() if t.entropy is not None else maskf.new_zeros(()),
         }
     return loss, stats
+
+
+def step_loss(cfg: ObjectiveConfig, head: HeadOutput, signal: TeacherSignal, mb: MicroBatch,
+              old_logprobs: torch.Tensor | None, denominator: float,
+              at: Schedule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The RL step's loss on one micro-batch: `dgrpo_loss` on the `token_batch` of the policy head's
+    outputs and the teacher signal."""
+    return dgrpo_loss(token_batch(head, signal, mb, old_logprobs), cfg, denominator=denominator, at=at)

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from trainer.batch import Rollout, TeacherScores
+from trainer.batch import Rollout, Scored, TeacherScores
 from trainer.config import ConfigError, RLDataConfig
 from trainer.data import MixtureState, TokenMixture, example_from_row, template_ids
 
@@ -86,7 +86,7 @@ ROLLOUT_SCHEMA = pa.schema([
 
 
 def write_rollouts(path: Path, step: int, prompts: list[Prompt], groups: list[list[Rollout]], texts: list[str],
-                   rewards: list[float], per_fn: dict[str, list[float]], teacher: list[TeacherScores | str | None],
+                   rewards: list[float], per_fn: dict[str, list[float]], teacher: list[Scored],
                    temperature: float) -> Path:
     """One parquet file per step (written to a temporary name, then renamed: a killed run leaves
     no partial file)."""
@@ -130,7 +130,9 @@ class ReplayData:
         files = sorted(glob.glob(str(Path(path) / "*.parquet"))) if Path(path).is_dir() else sorted(glob.glob(path))
         if not files:
             raise ConfigError(f"data.replay: no parquet files at {path}")
-        table = pa.concat_tables([pq.read_table(f) for f in files])
+        tables = [pq.read_table(f) for f in files]
+        origins = [f"{f} row {i}" for f, t in zip(files, tables) for i in range(t.num_rows)]
+        table = pa.concat_tables(tables)
         missing = {"group", "prompt_ids", "completion_ids", "reference"} - set(table.column_names)
         if missing:
             raise ConfigError(f"data.replay: missing column(s) {sorted(missing)} (expected the format run.out/rollouts/ has)")
@@ -140,7 +142,7 @@ class ReplayData:
                 raise ConfigError(f"data.replay: rollouts were sampled at temperature {sorted(stored)}, this run's "
                                   f"rollout.temperature is {temperature}: the KL would compare different policies")
         groups: dict[str, ReplayGroup] = {}
-        for record in table.to_pylist():
+        for origin, record in zip(origins, table.to_pylist()):
             if record["group"] not in groups:
                 row = json.loads(record["row"]) if record.get("row") else {}
                 groups[record["group"]] = ReplayGroup(Prompt(len(groups), record["prompt_ids"], record["reference"], row))
@@ -153,7 +155,8 @@ class ReplayData:
                 raise ConfigError("data.replay: a row has no behaviour_logprobs, which rollout.old_logprobs = "
                                   "'behaviour' needs; use recompute")
             groups[record["group"]].rollouts.append(
-                Rollout(record["prompt_ids"], record["completion_ids"], behaviour, bool(record.get("finished", True)), teacher))
+                Rollout(record["prompt_ids"], record["completion_ids"], behaviour, bool(record.get("finished", True)), teacher,
+                        origin))
         self.groups = list(groups.values())
         self.seed = seed
         self.position = 0

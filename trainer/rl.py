@@ -19,14 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from trainer import checkpoint, distributed
-from trainer.batch import MicroBatch, Rollout, TeacherScores, micro_batches
-from trainer.config import ConfigError, RLConfig, TeacherConfig
-from trainer.objectives import dgrpo_loss, horizon_tokens, normalizer, rollout_advantages, teacher_input
+from trainer import objectives
+from trainer.batch import MicroBatch, Rollout, Scored, TeacherFailure, micro_batches
+from trainer.config import ConfigError, RLConfig
 from trainer.prompts import Prompt, PromptData, ReplayData, write_rollouts
 from trainer.recipe import Setup, open_metrics, setup
 from trainer.rewards import RewardResult, RewardSet
 from trainer.rollout import HFEngine, VLLMEngine
-from trainer.teacher import LocalTeacher, Teacher, make_teacher
+from trainer.teacher import Teacher
 
 console = Console(stderr=True)
 
@@ -37,8 +37,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         raise ConfigError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be a multiple of the "
                           f"world size {distributed.world_size()} (groups stay on one rank)")
     run = setup(cfg, optimizer_steps=cfg.optim.steps * cfg.optim.policy_epochs)
-    teacher = make_teacher(cfg.teacher, run.device)
-    reference = make_reference(cfg, run.device)  # G-OPD / ExOPD only
+    teacher = Teacher(cfg, run.device)  # the teacher term's source (and G-OPD's reference model)
     rewards = RewardSet(cfg.rewards)
     source = ReplayData(cfg.data.replay, cfg.data.seed, temperature=cfg.rollout.temperature,
                         need_behaviour=cfg.rollout.old_logprobs == "behaviour") if cfg.data.replay \
@@ -64,12 +63,11 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         pure_opd = all(r.weight == 0 for r in cfg.rewards)
         while step < cfg.optim.steps:
             step += 1
-            horizon = horizon_tokens(cfg.objective, step, cfg.rollout.max_new_tokens)  # TOPD/POPD
-            if engine is not None and pure_opd and horizon:  # nothing after the horizon is trained: do not sample it
-                engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=horizon)
-            batch = collect(cfg, run, source, engine, rewards, teacher, reference)
-            relaxed = not cfg.objective.relax_steps or step <= cfg.objective.relax_steps  # REOPOLD's exploration phase
-            update = policy_update(cfg, run, batch, teacher, horizon, relaxed)
+            at = objectives.schedule(cfg.objective, step, cfg.rollout.max_new_tokens)  # TOPD/POPD, REOPOLD
+            if engine is not None and pure_opd and at.horizon:  # nothing after the horizon is trained: do not sample it
+                engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=at.horizon)
+            batch = collect(cfg, run, source, engine, rewards, teacher)
+            update = policy_update(cfg, run, batch, teacher, at)
             if engine is not None:
                 engine.sync_weights(run.causal_lm)
             record = step_metrics(cfg, run, batch, update, source)
@@ -82,6 +80,10 @@ def train(cfg: RLConfig) -> dict[str, Any]:
                                cfg.rollout.temperature)
             if run.rank == 0 and batch.scored.errors:
                 console.print(f"[yellow]step {step}: reward failures[/] (rollouts excluded): {batch.scored.errors[0]}")
+            failures = [t.reason for t in batch.teacher_scores if isinstance(t, TeacherFailure)]
+            if run.rank == 0 and failures:
+                console.print(f"[yellow]step {step}: {len(failures)} rollout(s) the teacher could not score[/] "
+                              f"(excluded): {failures[0]}", highlight=False)
             progress.update(task, completed=step, stats=f"reward {record['reward_mean']:.3f}  kl {record['teacher_kl']:.4f}")
 
             # -- checkpoint ---------------------------------------------------------------------
@@ -94,22 +96,11 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     final = checkpoint.export_pretrained(run.causal_lm, run.tokenizer, run.out / "final", run.compute_dtype)
     plot = metrics.close(("reward_mean", "teacher_kl", "entropy"))
     rewards.close()
-    for scorer in (teacher, reference):
-        if scorer is not None:
-            scorer.close()
+    teacher.close()
     if run.rank == 0:
         console.print(f"[green]rl done[/]: {step} steps -> {final}")
     distributed.shutdown()
     return {"steps": step, "history": history, "export": str(final), "plot": str(plot) if plot else None}
-
-
-def make_reference(cfg: RLConfig, device: torch.device) -> LocalTeacher | None:
-    """G-OPD's reference model (frozen): objective.reference, or the student's initial weights."""
-    if cfg.objective.reward_scale == 1 or cfg.objective.beta == 0:
-        return None
-    path = cfg.objective.reference or cfg.model.path
-    return LocalTeacher(TeacherConfig(source="local", path=path, dtype=cfg.teacher.dtype,
-                                      trust_remote_code=cfg.model.trust_remote_code), device)
 
 
 def make_engine(cfg: RLConfig, run: Setup) -> HFEngine | VLLMEngine:
@@ -135,8 +126,7 @@ class StepBatch:
     rollouts: list[Rollout]
     texts: list[str]
     scored: RewardResult
-    teacher_scores: list[TeacherScores | str | None]
-    reference_scores: list[TeacherScores | str | None] | None  # G-OPD's reference model
+    teacher_scores: list[Scored]  # per rollout (see Teacher.score)
     valid: list[bool]  # reward finite, teacher scored, non-empty completion
     advantages: list[float]
     zero_variance_groups: int
@@ -144,7 +134,7 @@ class StepBatch:
 
 
 def collect(cfg: RLConfig, run: Setup, source: PromptData | ReplayData, engine: HFEngine | VLLMEngine | None,
-            rewards: RewardSet, teacher: Teacher | None, reference: LocalTeacher | None = None) -> StepBatch:
+            rewards: RewardSet, teacher: Teacher) -> StepBatch:
     """Rollouts (sampled, or replayed), rewards, the teacher's scores and group advantages."""
     started = time.perf_counter()
     if isinstance(source, ReplayData):
@@ -154,28 +144,22 @@ def collect(cfg: RLConfig, run: Setup, source: PromptData | ReplayData, engine: 
         prompts = source.next_prompts(cfg.rollout.prompts_per_step)[run.rank::run.world]
         groups = engine.generate([p.prompt_ids for p in prompts], [cfg.run.seed * 1_000_003 + p.position for p in prompts])
     rollouts = [r for group in groups for r in group]
+    for prompt, group in zip(prompts, groups):
+        for j, rollout in enumerate(group):
+            rollout.origin = rollout.origin or f"prompt {prompt.position} sample {j}"
     seconds = {"rollout": time.perf_counter() - started}
     texts = run.tokenizer.batch_decode([r.completion_ids for r in rollouts], skip_special_tokens=True)
     owners = [p for p, group in zip(prompts, groups) for _ in group]
     scored = rewards.score(texts, [p.reference for p in owners], [p.row for p in owners])
 
     started = time.perf_counter()
-    needs = teacher_input(cfg.objective)
-    teacher_scores: list[TeacherScores | str | None] = [None] * len(rollouts)
-    if needs in ("topk", "sampled"):
-        teacher_scores = teacher.score(rollouts, top_k=cfg.objective.top_k if needs == "topk" else 0,
-                                       temperature=cfg.rollout.temperature)
-    reference_scores = None
-    if reference is not None:
-        reference_scores = reference.score(rollouts, top_k=0, temperature=cfg.rollout.temperature)
+    teacher_scores = teacher.score(rollouts)
     seconds["teacher"] = time.perf_counter() - started
-    valid = [math.isfinite(reward) and not isinstance(t, str) and len(r.completion_ids) > 0
-             and not (reference_scores is not None and isinstance(reference_scores[i], str))
-             for i, (reward, t, r) in enumerate(zip(scored.total, teacher_scores, rollouts))]
-    advantages, zero_variance = rollout_advantages(scored.total, valid, [len(g) for g in groups],
-                                                   scale_std=cfg.objective.scale_std)
-    return StepBatch(prompts, groups, rollouts, texts, scored, teacher_scores, reference_scores, valid, advantages,
-                     zero_variance, seconds)
+    valid = [math.isfinite(reward) and not isinstance(t, TeacherFailure) and len(r.completion_ids) > 0
+             for reward, t, r in zip(scored.total, teacher_scores, rollouts)]
+    advantages, zero_variance = objectives.rollout_advantages(scored.total, valid, [len(g) for g in groups],
+                                                              scale_std=cfg.objective.scale_std)
+    return StepBatch(prompts, groups, rollouts, texts, scored, teacher_scores, valid, advantages, zero_variance, seconds)
 
 
 @dataclass
@@ -186,19 +170,18 @@ class UpdateStats:
     seconds: float
 
 
-def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher | None,
-                  horizon: int | None = None, relaxed: bool = True) -> UpdateStats:
-    """`policy_epochs` optimizer steps over the step's rollouts, in micro-batches; `horizon`
-    (TOPD/POPD) keeps the teacher term on each completion's first tokens; `relaxed` False is
-    REOPOLD's refinement phase."""
+def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher,
+                  at: objectives.Schedule = objectives.Schedule()) -> UpdateStats:
+    """`policy_epochs` optimizer steps over the step's rollouts, in micro-batches, on the loss
+    `objectives.step_loss` gives at the step's schedule `at` (TOPD/POPD horizon, REOPOLD phase)."""
     started = time.perf_counter()
-    obj, epochs, temperature = cfg.objective, cfg.optim.policy_epochs, cfg.rollout.temperature
-    batches = micro_batches(batch.rollouts, batch.advantages, batch.valid, batch.teacher_scores,
-                            cfg.optim.micro_batch_rollouts, run.device, batch.reference_scores)
-    denominator = float(distributed.all_reduce_sum(torch.tensor(sum(normalizer(obj, mb.mask) for mb in batches),
+    obj, epochs, size = cfg.objective, cfg.optim.policy_epochs, cfg.optim.micro_batch_rollouts
+    batches = micro_batches(batch.rollouts, batch.advantages, batch.valid, size, run.device)
+    scores = [batch.teacher_scores[s:s + size] for s in range(0, len(batch.rollouts), size)]
+    denominator = float(distributed.all_reduce_sum(torch.tensor(sum(objectives.normalizer(obj, mb.mask) for mb in batches),
                                                                 dtype=torch.float64)))
     old = old_logprobs(cfg, run, batches)
-    teacher_inputs: dict[int, dict[str, Any] | None] = {}
+    signals = {}
     keys = ("loss", "tokens", "kl_sum", "clip_low_sum", "clip_high_sum", "ratio_sum", "entropy_sum", "gap_sum", "gap_tokens",
             "distill_tokens")
     sums = {key: torch.zeros((), dtype=torch.float64, device=run.device) for key in keys}
@@ -206,29 +189,19 @@ def policy_update(cfg: RLConfig, run: Setup, batch: StepBatch, teacher: Teacher 
     run.model.train()
     for epoch in range(epochs):
         for b, mb in enumerate(batches):
-            if b not in teacher_inputs or epochs == 1:
-                teacher_inputs[b] = head_teacher_inputs(cfg, mb, teacher)
+            if b not in signals or epochs == 1:
+                signals[b] = teacher.signal(mb, scores[b])
             with run.autocast():
-                out = run.model(mb.input_ids, mb.position_ids, temperature=temperature, mask=mb.target_mask,
-                                entropy=True, teacher=teacher_inputs[b], direction=obj.direction, jsd_beta=obj.jsd_beta)
-            logprobs = out.logprobs[0][mb.index] * mb.mask
-            kl = out.kl[0][mb.index] if out.kl is not None else None
-            sampled = mb.teacher_logprobs
-            if obj.baseline == "exact_kl":  # vOPD: the local teacher's log-prob of each token, from the head
-                sampled = out.teacher_logprobs[0][mb.index] * mb.mask
-            entropy = out.entropy[0].detach()[mb.index] * mb.mask
-            loss, stats = dgrpo_loss(logprobs, old[b] if old[b] is not None else logprobs.detach(), mb.advantages,
-                                     mb.mask, obj, kl=kl, teacher_logprobs=sampled, denominator=denominator,
-                                     horizon=horizon, entropy=entropy, reference_logprobs=mb.reference_logprobs,
-                                     relaxed=relaxed)
+                out = run.model(mb.input_ids, mb.position_ids, temperature=cfg.rollout.temperature, mask=mb.target_mask,
+                                entropy=True, teacher=signals[b])
+            loss, stats = objectives.step_loss(obj, out, signals[b], mb, old[b], denominator, at)
             (loss * run.world).backward()  # FSDP averages gradients over ranks
             if epoch == epochs - 1:
                 sums["loss"] += loss.detach().double()
                 for key, value in stats.items():
                     sums[key] += value.double()
-                sums["entropy_sum"] += entropy.sum().double()
                 known = (mb.mask & mb.has_behaviour[:, None]).float()
-                sums["gap_sum"] += ((logprobs.detach() - mb.behaviour_logprobs).abs() * known).sum().double()
+                sums["gap_sum"] += ((mb.tokens(out.logprobs.detach()) - mb.behaviour_logprobs).abs() * known).sum().double()
                 sums["gap_tokens"] += known.sum().double()
         grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm)
         run.optimizer.step()
@@ -247,19 +220,8 @@ def old_logprobs(cfg: RLConfig, run: Setup, batches: list[MicroBatch]) -> list[t
     if cfg.optim.policy_epochs == 1:
         return [None] * len(batches)
     with torch.no_grad(), run.autocast():
-        return [run.model(mb.input_ids, mb.position_ids, temperature=cfg.rollout.temperature,
-                          mask=mb.target_mask).logprobs[0][mb.index] * mb.mask for mb in batches]
-
-
-def head_teacher_inputs(cfg: RLConfig, mb: MicroBatch, teacher: Teacher | None) -> dict[str, Any] | None:
-    """The policy head's teacher arguments for this micro-batch (see objectives.teacher_input)."""
-    needs = teacher_input(cfg.objective)
-    if needs == "hidden":
-        return teacher.head_inputs(mb)
-    if needs == "topk":
-        ids, logprobs, tail = mb.teacher_topk
-        return {"teacher_topk_ids": ids, "teacher_topk_logprobs": logprobs, "teacher_topk_tail": tail}
-    return None
+        return [mb.tokens(run.model(mb.input_ids, mb.position_ids, temperature=cfg.rollout.temperature,
+                                    mask=mb.target_mask).logprobs) for mb in batches]
 
 
 def step_metrics(cfg: RLConfig, run: Setup, batch: StepBatch, update: UpdateStats,
@@ -285,7 +247,7 @@ def step_metrics(cfg: RLConfig, run: Setup, batch: StepBatch, update: UpdateStat
         "response/length_mean": completion_tokens / rollouts,
         "response/truncated_fraction": _sum(sum(not r.finished for r in batch.rollouts), device) / rollouts,
         "excluded_rollouts": _sum(sum(not v for v in batch.valid), device),
-        "teacher/failures": _sum(sum(isinstance(t, str) for t in batch.teacher_scores), device),
+        "teacher/failures": _sum(sum(isinstance(t, TeacherFailure) for t in batch.teacher_scores), device),
         "grad_norm": update.grad_norm, "lr": run.scheduler.get_last_lr()[0],
         "rollout/tokens_per_s": completion_tokens / max(batch.seconds["rollout"], 1e-9),
         "train/tokens_per_s": update.trained_tokens / max(update.seconds, 1e-9),

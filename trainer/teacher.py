@@ -1,9 +1,11 @@
-"""Teacher sources for the distillation term, scored on the student's own rollouts at the
-student's sampling temperature: `local` (a colocated model without gradients; its last hidden
-states feed the policy head's exact KL, or give its top-k in chunks of tokens), `served` (an
-OpenAI-compatible endpoint returning log-probs of the student's tokens: vLLM's `prompt_logprobs`,
-with the teacher's top-k, or the `echo` + `logprobs` completions style; temperature 1 only), and
-`precomputed` (scores stored with replayed rollouts). Must not compute the objective.
+"""The teacher side of the teacher term: `Teacher` scores a step's rollouts once (what the objective
+needs ahead of the update) and builds one `TeacherSignal` per micro-batch. Its source is `local` (a
+colocated frozen model: its last hidden states feed the policy head's exact KL, or give its top-k
+in chunks of tokens), `served` (an OpenAI-compatible endpoint returning log-probs of the student's
+tokens: vLLM's `prompt_logprobs` with the teacher's top-k, or the `echo` + `logprobs` style;
+temperature 1 only) or `precomputed` (scores stored with replayed rollouts); G-OPD's reference model
+is a frozen model too. Scores come back as values: `TeacherScores`, or `TeacherFailure` with the
+rollout's origin, never an error string and never a non-finite number. Must not compute the objective.
 """
 
 from __future__ import annotations
@@ -12,27 +14,25 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import torch
 
-from trainer.batch import MicroBatch, Rollout, TeacherScores, pack_rollouts
-from trainer.config import ModelConfig, ServedConfig, TeacherConfig
+from trainer.batch import MicroBatch, Rollout, Scored, TeacherFailure, TeacherScores, TeacherSignal, pack_rollouts
+from trainer.config import ModelConfig, RLConfig, ServedConfig
 from trainer.kernels import policy_head, topk_logprobs
+from trainer.objectives import signal_kind
 
-Scored = TeacherScores | str  # a rollout's scores, or why they could not be had (the rollout is excluded)
 
+class FrozenModel:
+    """A colocated causal LM without gradients (the local teacher, or G-OPD's reference model)."""
 
-class LocalTeacher:
-    name = "local"
+    rollouts_per_pass = 8
 
-    def __init__(self, cfg: TeacherConfig, device: torch.device) -> None:
+    def __init__(self, path: str, dtype: str, trust_remote_code: bool, device: torch.device) -> None:
         from trainer.model import load_causal_lm
 
-        model_cfg = ModelConfig(path=cfg.path, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-                                gradient_checkpointing=False)
+        model_cfg = ModelConfig(path=path, dtype=dtype, trust_remote_code=trust_remote_code, gradient_checkpointing=False)
         self.lm = load_causal_lm(model_cfg, device, master_weights=False).eval().requires_grad_(False)
-        self.rollouts_per_pass = 8
 
     @property
     def weight(self) -> torch.Tensor:
@@ -41,11 +41,6 @@ class LocalTeacher:
     @torch.no_grad()
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-
-    def head_inputs(self, mb: MicroBatch) -> dict[str, Any]:
-        """The policy head's teacher arguments for the exact KL on a micro-batch's positions."""
-        return {"teacher_hidden": self.hidden_states(mb.input_ids, mb.position_ids)[0, :-1],
-                "teacher_weight": self.weight}
 
     @torch.no_grad()
     def score(self, rollouts: Sequence[Rollout], *, top_k: int, temperature: float) -> list[Scored]:
@@ -74,10 +69,8 @@ class LocalTeacher:
 class ServedTeacher:
     """Scores `prompt + completion` token ids in one completions request per rollout (no new
     tokens are of interest) and reads the log-prob of every completion token. Retries on
-    429/5xx/timeouts come from the `openai` client; a rollout whose scoring fails for good is
-    reported (the recipe excludes it), never scored as zero."""
-
-    name = "served"
+    429/5xx/timeouts come from the `openai` client; a rollout whose scoring fails for good is a
+    `TeacherFailure` (the recipe excludes it), never scored as zero."""
 
     def __init__(self, cfg: ServedConfig) -> None:
         import openai
@@ -113,16 +106,13 @@ class ServedTeacher:
         return TeacherScores([float(x) for x in echoed[start : len(ids)]])
 
     def score(self, rollouts: Sequence[Rollout], *, top_k: int, temperature: float) -> list[Scored]:
-        """A TeacherScores per rollout, or the error message for one that could not be scored.
-        The server scores at temperature 1 (the config refuses any other sampling temperature)."""
+        """Scores per rollout, or why there are none. The server scores at temperature 1 (the
+        config refuses any other sampling temperature)."""
         def one(rollout: Rollout) -> Scored:
             try:
-                scores = self._request(rollout, top_k)
+                return self._request(rollout, top_k)
             except Exception as exc:  # noqa: BLE001 - recorded and the rollout excluded
-                return f"{type(exc).__name__}: {str(exc)[:200]}"
-            if any(not math.isfinite(x) for x in scores.logprobs):
-                return "non-finite teacher log-prob"
-            return scores
+                return TeacherFailure(f"{type(exc).__name__}: {str(exc)[:200]}")
 
         return list(self.pool.map(one, rollouts))
 
@@ -136,16 +126,14 @@ class PrecomputedTeacher:
     `teacher_topk_logprobs` / `teacher_topk_tail` columns), e.g. written by an earlier run at the
     same temperature (the replay reader checks it)."""
 
-    name = "precomputed"
-
     def score(self, rollouts: Sequence[Rollout], *, top_k: int, temperature: float) -> list[Scored]:
         out: list[Scored] = []
         for rollout in rollouts:
             scores = rollout.teacher
             if scores is None or len(scores.logprobs) != len(rollout.completion_ids):
-                out.append("no teacher_logprobs of the completion's length in the replayed row")
+                out.append(TeacherFailure("no teacher_logprobs of the completion's length in the replayed row"))
             elif top_k and scores.topk_ids is None:
-                out.append("estimator topk needs teacher_topk_ids/teacher_topk_logprobs columns")
+                out.append(TeacherFailure("estimator topk needs teacher_topk_ids/teacher_topk_logprobs columns"))
             else:
                 out.append(scores)
         return out
@@ -154,14 +142,106 @@ class PrecomputedTeacher:
         pass
 
 
-Teacher = LocalTeacher | ServedTeacher | PrecomputedTeacher
+Source = FrozenModel | ServedTeacher | PrecomputedTeacher
 
 
-def make_teacher(cfg: TeacherConfig, device: torch.device) -> Teacher | None:
-    if cfg.source == "local":
-        return LocalTeacher(cfg, device)
-    if cfg.source == "served":
-        return ServedTeacher(cfg.served)
-    if cfg.source == "precomputed":
-        return PrecomputedTeacher()
+def _not_finite(scores: TeacherScores) -> str | None:
+    """Where a score is not a finite number (a -inf log-prob makes the KL, and the loss, infinite)."""
+    for name in ("logprobs", "topk_tail", "reference_logprobs"):
+        values = getattr(scores, name) or []
+        bad = next((t for t, x in enumerate(values) if x is None or not math.isfinite(x)), None)
+        if bad is not None:
+            return f"non-finite {'teacher' if name != 'reference_logprobs' else 'reference'} log-prob " \
+                   f"({values[bad]}) at completion token {bad}"
+    for t, row in enumerate(scores.topk_logprobs or []):
+        if any(x is None or not math.isfinite(x) for x in row):
+            return f"non-finite teacher top-k log-prob at completion token {t}"
     return None
+
+
+class Teacher:
+    """The teacher term's inputs for a run: which signal the objective needs (objectives.signal_kind),
+    the source that gives it and, for G-OPD (objective.reward_scale != 1), the frozen reference model."""
+
+    def __init__(self, cfg: RLConfig, device: torch.device) -> None:
+        self.kind = signal_kind(cfg.objective)
+        self.top_k = cfg.objective.top_k if self.kind == "topk" else 0
+        self.temperature = cfg.rollout.temperature
+        self.direction, self.jsd_beta = cfg.objective.direction, cfg.objective.jsd_beta
+        t = cfg.teacher
+        self.source: Source | None = None
+        if self.kind != "none":
+            self.source = {"local": lambda: FrozenModel(t.path, t.dtype, t.trust_remote_code, device),
+                           "served": lambda: ServedTeacher(t.served), "precomputed": PrecomputedTeacher}[t.source]()
+        self.reference: FrozenModel | None = None
+        if self.kind != "none" and cfg.objective.reward_scale != 1:
+            self.reference = FrozenModel(cfg.objective.reference or cfg.model.path, t.dtype, cfg.model.trust_remote_code,
+                                         device)
+
+    def score(self, rollouts: Sequence[Rollout]) -> list[Scored]:
+        """Per rollout, what the signal needs ahead of the update: the teacher's log-prob of each
+        sampled token (and its top-k), G-OPD's reference log-probs; None where nothing is needed
+        (no teacher, or a local teacher read inside the policy head)."""
+        scored: list[Scored] = [None] * len(rollouts)
+        if self.kind in ("topk", "sampled"):
+            scored = self.source.score(rollouts, top_k=self.top_k, temperature=self.temperature)
+        if self.reference is not None:
+            ref = self.reference.score(rollouts, top_k=0, temperature=self.temperature)
+            scored = [s if isinstance(s, TeacherFailure) else
+                      TeacherScores(s.logprobs if s else [], s.topk_ids if s else None, s.topk_logprobs if s else None,
+                                    s.topk_tail if s else None, reference_logprobs=r.logprobs)
+                      for s, r in zip(scored, ref)]
+        out: list[Scored] = []
+        for rollout, s in zip(rollouts, scored):
+            problem = _not_finite(s) if isinstance(s, TeacherScores) else None
+            if isinstance(s, TeacherFailure) or problem:
+                where = rollout.origin or "a rollout"
+                s = TeacherFailure(f"{where}: {problem or s.reason}")
+            out.append(s)
+        return out
+
+    def signal(self, mb: MicroBatch, scored: Sequence[Scored]) -> TeacherSignal:
+        """The micro-batch's teacher signal from its rollouts' scores (`scored`, in the micro-batch's order)."""
+        device = mb.input_ids.device
+        valid = torch.tensor([not isinstance(s, TeacherFailure) for s in scored], dtype=torch.bool, device=device)
+        signal = TeacherSignal(self.kind, valid, direction=self.direction, jsd_beta=self.jsd_beta)
+        if self.kind == "none":
+            return signal
+        scores = [s if isinstance(s, TeacherScores) else None for s in scored]
+        if self.kind == "hidden":
+            signal.hidden = self.source.hidden_states(mb.input_ids, mb.position_ids)[0, :-1]
+            signal.weight = self.source.weight
+        if self.kind == "sampled":
+            signal.logprobs = _per_token(mb, [s.logprobs if s else None for s in scores])
+        if self.reference is not None:
+            signal.reference_logprobs = _per_token(mb, [s.reference_logprobs if s else None for s in scores])
+        if self.kind == "topk":
+            targets = mb.input_ids.shape[1] - 1
+            k = next((len(s.topk_ids[0]) for s in scores if s and s.topk_ids), 1)  # no scored rollout: all masked
+            ids = torch.zeros(targets, k, dtype=torch.long)
+            logprobs = torch.full((targets, k), -1e4)  # rows outside completions never enter the KL (masked)
+            tail = torch.zeros(targets)
+            with_tail = all(s.topk_tail is not None for s in scores if s)
+            for s, (start, end) in zip(scores, mb.spans):
+                if s is not None and s.topk_ids:
+                    ids[start:end] = torch.tensor(s.topk_ids)
+                    logprobs[start:end] = torch.tensor(s.topk_logprobs)
+                    if with_tail:
+                        tail[start:end] = torch.tensor(s.topk_tail)
+            signal.topk_ids, signal.topk_logprobs = ids.to(device), logprobs.to(device)
+            signal.topk_tail = tail.to(device) if with_tail else None
+        return signal
+
+    def close(self) -> None:
+        for part in (self.source, self.reference):
+            if part is not None:
+                part.close()
+
+
+def _per_token(mb: MicroBatch, rows: list[list[float] | None]) -> torch.Tensor:
+    """Per-rollout lists as an [S, L] tensor over completion tokens (0 where absent or padded)."""
+    out = torch.zeros(mb.mask.shape)
+    for i, values in enumerate(rows):
+        if values:
+            out[i, : len(values)] = torch.tensor(values)
+    return out.to(mb.mask.device)

@@ -1,6 +1,8 @@
 """The policy head: every output at once against fp64 (Triton rows under the interpreter and the
-PyTorch rows), fp32 results under bf16 autocast, every dtype pair, bitwise determinism, chunking,
-an exact top-k tail of 1e-8, zero KL for a student equal to its teacher, real shapes on a GPU."""
+PyTorch rows), each teacher kind (none, full vocabulary, top-k with its tail) at odd shapes with
+masks, temperature and bf16, fp32 results under bf16 autocast, every dtype pair, tied embeddings,
+bitwise determinism, chunking, an exact top-k tail of 1e-8, zero KL for a student equal to its
+teacher, real shapes on a GPU."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-from _common import BACKENDS, GRAD_TOL, HT, H, check, leaf, make, mask_for, ref_leaf
+from _common import BACKENDS, GRAD_TOL, HT, SHAPES, H, check, leaf, make, mask_for, ref_leaf
 from trainer.kernels import policy_head, topk_logprobs
 from trainer.kernels.reference import full_vocab_kl_ref, tail_logprob, token_logprobs_ref, topk_kl_ref
 
@@ -53,6 +55,87 @@ def test_every_output_and_one_backward_match_fp64(backend: str, direction: str, 
     check(out.teacher_logprobs, ref_t * m[:, None], "teacher logprobs")
     check(x.grad, x64.grad, "d hidden", grad_dtype=dt)
     check(w.grad, w64.grad, "d weight", grad_dtype=dt)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("teacher", ["none", "full", "topk"])
+@pytest.mark.parametrize("n,v", SHAPES)
+def test_each_teacher_kind_at_odd_shapes_matches_fp64(backend: str, teacher: str, n: int, v: int) -> None:
+    """Vocabularies that are not a multiple of the row block, one row or many, a mask, a temperature,
+    a per-token upstream gradient; bf16 for half the shapes and a direction per shape. The log-probs
+    never exceed 0 (no column past V leaks into the log-sum-exp), KLs are divergences (>= 0) and the
+    teacher gets no gradient."""
+    shape = SHAPES.index((n, v))
+    dtype = (torch.float32, torch.bfloat16)[shape % 2]
+    direction = ("reverse", "forward", "jsd", "reverse")[shape]
+    hidden, weight = make(n, v, H, dtype, seed=n + v)
+    targets = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(1))
+    targets[-1] = v - 1  # the last id lives in the row block that runs past V
+    mask, g = mask_for(n), torch.randn(n, generator=torch.Generator().manual_seed(2))
+    x, w = leaf(hidden), leaf(weight)
+    x64, w64 = ref_leaf(hidden, dtype), ref_leaf(weight, dtype)
+    kwargs, ref_kl = {}, None
+    if teacher == "full":
+        t_hidden, t_weight = make(n, v, HT, dtype, seed=4 + n + v, scale=0.12)  # a wider teacher head
+        xt, wt = leaf(t_hidden), leaf(t_weight)
+        kwargs = {"teacher_hidden": xt, "teacher_weight": wt}
+        ref_kl = full_vocab_kl_ref(x64, w64, t_hidden.double(), t_weight.double(), temperature=0.7, direction=direction)
+    elif teacher == "topk":
+        t_hidden, t_weight = make(n, v, H, torch.float32, seed=7 + n + v, scale=0.4)
+        full = torch.log_softmax(t_hidden.double() @ t_weight.double().T, -1)
+        t_lp, t_ids = full.topk(5, dim=-1)
+        t_tail = tail_logprob(full, t_ids)
+        kwargs = {"teacher_topk_ids": t_ids, "teacher_topk_logprobs": t_lp.float(), "teacher_topk_tail": t_tail.float()}
+        ref_kl = topk_kl_ref(x64, w64, t_ids, t_lp, teacher_topk_tail=t_tail, temperature=0.7, direction=direction)
+    out = policy_head(x, w, targets, temperature=0.7, entropy=True, mask=mask, direction=direction, backend=backend,
+                      **kwargs)
+    assert out.logprobs.dtype == torch.float32 and out.entropy.dtype == torch.float32
+    loss = (out.logprobs * g).sum() + 0.3 * out.entropy.sum() + (0.7 * (out.kl * g).sum() if ref_kl is not None else 0)
+    loss.backward()
+    ref_lp, ref_ent = token_logprobs_ref(x64, w64, targets, temperature=0.7)
+    m = mask.double()
+    ref_loss = (ref_lp * m * g.double()).sum() + 0.3 * (ref_ent * m).sum()
+    if ref_kl is not None:
+        ref_loss = ref_loss + 0.7 * (ref_kl * m * g.double()).sum()
+        check(out.kl, ref_kl * m, f"{teacher} kl")
+        assert (out.kl >= -1e-5).all(), "a KL below 0 (top-k: the tail bucket keeps it a divergence)"
+    ref_loss.backward()
+    check(out.logprobs, ref_lp * m, "logprobs")
+    check(out.entropy, ref_ent * m, "entropy")
+    assert (out.logprobs <= 1e-6).all(), "log-probs above 0: columns past V leaked into the log-sum-exp"
+    check(x.grad, x64.grad, "d hidden", grad_dtype=dtype)
+    check(w.grad, w64.grad, "d weight", grad_dtype=dtype)
+    if (~mask).any():
+        assert x.grad[~mask].abs().max().item() == 0.0
+    if teacher == "full":
+        assert xt.grad is None and wt.grad is None, "the teacher must get no gradient"
+
+
+def test_tied_embedding_weight_gets_gradients_from_both_uses() -> None:
+    emb = torch.nn.Embedding(300, H)
+    ids = torch.randint(0, 300, (12,), generator=torch.Generator().manual_seed(0))
+    hidden = emb(ids) * 2.0
+    policy_head(hidden, emb.weight, ids.roll(1), backend="torch").logprobs.sum().backward()
+    grad = emb.weight.grad.clone()
+    emb.weight.grad = None
+    ref, _ = token_logprobs_ref(emb(ids) * 2.0, emb.weight, ids.roll(1), dtype=torch.float32)
+    ref.sum().backward()
+    assert torch.allclose(grad, emb.weight.grad, atol=1e-5)
+
+
+def test_topk_kl_is_zero_for_an_equal_teacher_and_its_tail_defaults_to_one_minus_the_top_k() -> None:
+    hidden, weight = make(8, 300, H, torch.float32, seed=9, scale=0.5)
+    full = torch.log_softmax(hidden @ weight.T, -1)
+    lp, ids = full.topk(4, dim=-1)
+
+    def kl(logprobs: torch.Tensor, tail: torch.Tensor | None = None) -> torch.Tensor:
+        return policy_head(hidden, weight, None, teacher_topk_ids=ids, teacher_topk_logprobs=logprobs,
+                           teacher_topk_tail=tail, backend="torch").kl
+
+    assert kl(lp).abs().max() < 1e-5
+    assert (kl(lp + 0.1) > 0).all()  # same ids, a heavier top-k (a lighter tail): only the buckets differ
+    explicit = kl(lp, torch.log1p(-lp.double().exp().sum(-1)).float())
+    assert torch.allclose(kl(lp), explicit, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -215,6 +298,16 @@ def test_bad_arguments_are_clear_errors() -> None:
         policy_head(hidden, weight, None, teacher_topk_ids=ids)
     with pytest.raises(ValueError, match="need targets"):
         policy_head(hidden, weight, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="ids must be in"):
+        policy_head(hidden, weight, torch.tensor([0, 1, 2, 50]))
+    with pytest.raises(ValueError, match="temperature"):
+        policy_head(hidden, weight, torch.tensor([0, 1, 2, 3]), temperature=0.0)
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        policy_head(hidden, weight, None, teacher_hidden=hidden, teacher_weight=weight[:40])
+    with pytest.raises(ValueError, match="direction"):
+        policy_head(hidden, weight, None, teacher_hidden=hidden, teacher_weight=weight, direction="sideways")
+    with pytest.raises(ValueError, match="teacher_hidden"):
+        policy_head(hidden, weight, None, teacher_hidden=hidden[:3], teacher_weight=weight)
 
 
 @pytest.mark.gpu

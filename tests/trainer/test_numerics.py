@@ -23,7 +23,7 @@ from openai_double import _free_port
 from trainer.config import (COMBINES, DIRECTIONS, ESTIMATORS, TEACHER_TERMS, ConfigError, ObjectiveConfig, RLConfig,
                             RLDataConfig, RolloutConfig, SFTConfig, load_config)
 from trainer.kernels import bucket_kl
-from trainer.objectives import dgrpo_loss
+from trainer.objectives import TokenBatch, dgrpo_loss
 
 V = 7
 
@@ -58,8 +58,8 @@ def test_each_accepted_teacher_term_follows_its_divergence_in_expectation(estima
         teacher_logprobs = torch.log_softmax(w / temperature, -1)[y].reshape(1, 1)
         kl = divergence(theta, w, temperature, estimator, direction, ids).reshape(1, 1) \
             if estimator in ("full", "topk") else None
-        loss, _ = dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(1, dtype=torch.float64),
-                             torch.ones(1, 1, dtype=torch.bool), cfg, kl=kl, teacher_logprobs=teacher_logprobs)
+        loss, _ = dgrpo_loss(TokenBatch(logprobs, logprobs.detach(), torch.zeros(1, dtype=torch.float64),
+                                        torch.ones(1, 1, dtype=torch.bool), kl=kl, teacher_logprobs=teacher_logprobs), cfg)
         expected += p[y] * torch.autograd.grad(loss, theta)[0]
     target = torch.autograd.grad(divergence(theta, w, temperature, estimator, direction, ids), theta)[0]
     assert target.abs().max() > 1e-2  # a real gradient to match

@@ -8,12 +8,12 @@ Regenerate only when a meaning changes on purpose: `python tests/trainer/test_ob
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -81,40 +81,29 @@ def old_offsets(shape: torch.Size) -> torch.Tensor:
 
 def step_values(models: dict[str, Path], case: dict[str, Any]) -> dict[str, float]:
     """One micro-batch of the RL step for `case`: (loss, student gradient norm, summed KL)."""
+    from trainer import objectives
     from trainer.batch import make_micro_batch
-    from trainer.config import ModelConfig, ObjectiveConfig, TeacherConfig
+    from trainer.config import (DataSource, ModelConfig, ObjectiveConfig, RLConfig, RLDataConfig, RolloutConfig,
+                                TeacherConfig)
     from trainer.model import FusedLogprobLM, load_causal_lm
-    from trainer.objectives import dgrpo_loss, teacher_input
-    from trainer.rl import head_teacher_inputs
-    from trainer.teacher import LocalTeacher
+    from trainer.teacher import Teacher
 
-    keys = {k: v for k, v in case.items() if not k.startswith("_")}
-    obj = ObjectiveConfig(**keys)
+    obj = ObjectiveConfig(**{k: v for k, v in case.items() if not k.startswith("_")})
+    cfg = RLConfig(model=ModelConfig(path=str(models["student"]), gradient_checkpointing=False),
+                   teacher=TeacherConfig(source="local", path=str(models["teacher"])),
+                   data=RLDataConfig(long=[DataSource(path="unused")]), rollout=RolloutConfig(temperature=TEMPERATURE),
+                   objective=dataclasses.replace(obj, reference=str(models["reference"])))
     device = torch.device("cpu")
-    student = FusedLogprobLM(load_causal_lm(ModelConfig(path=str(models["student"]), gradient_checkpointing=False),
-                                            device))
-    teacher = LocalTeacher(TeacherConfig(source="local", path=str(models["teacher"])), device)
-    reference = LocalTeacher(TeacherConfig(source="local", path=str(models["reference"])), device) \
-        if obj.reward_scale != 1 else None
+    student = FusedLogprobLM(load_causal_lm(cfg.model, device))
+    teacher = Teacher(cfg, device)
     rollouts, advantages, valid = fixed_rollouts()
-    needs = teacher_input(obj)
-    scores = [None] * len(rollouts)
-    if needs in ("topk", "sampled"):
-        scores = teacher.score(rollouts, top_k=obj.top_k if needs == "topk" else 0, temperature=TEMPERATURE)
-    ref_scores = reference.score(rollouts, top_k=0, temperature=TEMPERATURE) if reference else None
-    mb = make_micro_batch(rollouts, advantages, valid, scores, device, ref_scores)
-    inputs = head_teacher_inputs(SimpleNamespace(objective=obj), mb, teacher)
+    mb = make_micro_batch(rollouts, advantages, valid, device)
+    signal = teacher.signal(mb, teacher.score(rollouts))
     out = student(mb.input_ids, mb.position_ids, temperature=TEMPERATURE, mask=mb.target_mask, entropy=True,
-                  teacher=inputs, direction=obj.direction, jsd_beta=obj.jsd_beta)
-    logprobs = out.logprobs[0][mb.index] * mb.mask
-    kl = out.kl[0][mb.index] if out.kl is not None else None
-    sampled = mb.teacher_logprobs
-    if obj.baseline == "exact_kl":
-        sampled = out.teacher_logprobs[0][mb.index] * mb.mask
-    entropy = out.entropy[0].detach()[mb.index] * mb.mask
-    old = (logprobs.detach() + old_offsets(logprobs.shape)) * mb.mask
-    loss, stats = dgrpo_loss(logprobs, old, mb.advantages, mb.mask, obj, kl=kl, teacher_logprobs=sampled,
-                             horizon=case.get("_horizon"), entropy=entropy, reference_logprobs=mb.reference_logprobs)
+                  teacher=signal)
+    old = (mb.tokens(out.logprobs).detach() + old_offsets(mb.mask.shape)) * mb.mask
+    loss, stats = objectives.step_loss(cfg.objective, out, signal, mb, old, objectives.normalizer(obj, mb.mask),
+                                       objectives.Schedule(horizon=case.get("_horizon")))
     loss.backward()
     grad_norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in student.parameters() if p.grad is not None))
     return {"loss": float(loss), "grad_norm": grad_norm, "kl_sum": float(stats["kl_sum"])}

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from trainer.config import ConfigError, ObjectiveConfig
-from trainer.objectives import dgrpo_loss, group_advantages, normalizer, sampled_kl
+from trainer.objectives import Schedule, TokenBatch, dgrpo_loss, group_advantages, normalizer, sampled_kl
+
+
+def loss_on(logprobs: torch.Tensor, old: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+            cfg: ObjectiveConfig, *, denominator: float | None = None, horizon: int | None = None, relaxed: bool = True,
+            **teacher: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """`dgrpo_loss` on these per-token tensors (teacher: kl, teacher_logprobs, reference_logprobs, entropy)."""
+    return dgrpo_loss(TokenBatch(logprobs, old, advantages, mask, **teacher), cfg, denominator=denominator,
+                      at=Schedule(horizon, relaxed))
 
 # Two sequences; the first has a masked third token. Ratios rho = exp(logp - old):
 #   seq0 (A = +1): [1.5, 0.9, (masked)]      seq1 (A = -2): [0.5, 1.1, 1.3]
@@ -28,7 +36,7 @@ SURROGATE_SEQ_MEAN = (1.05 + (-6.4 / 3)) / 2  # J without the KL term, seq-mean
 
 def loss_of(**overrides: object) -> tuple[float, dict]:
     cfg = ObjectiveConfig(**{"beta": 0.0, "estimator": "k2", **overrides})
-    loss, stats = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER,
+    loss, stats = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER,
                              kl=torch.tensor([[0.2, 0.4, 9.0], [0.1, 0.1, 0.1]], dtype=torch.float64))
     return float(loss), stats
 
@@ -86,7 +94,7 @@ def test_kl_folded_into_the_advantage():
 def test_advantage_mode_detaches_the_teacher_term():
     logprobs = LOGPROBS.clone().requires_grad_(True)
     cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage")
-    loss, _ = dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg,
+    loss, _ = loss_on(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg,
                          teacher_logprobs=TEACHER)
     loss.backward()
     # With A_i = 0 and rho = 1 the objective is sum_t rho_t (-beta d_t) / |o_i| / S with d_t a
@@ -100,12 +108,12 @@ def test_advantage_mode_detaches_the_teacher_term():
 def test_masked_tokens_get_no_gradient_and_no_value():
     logprobs = LOGPROBS.clone().requires_grad_(True)
     cfg = ObjectiveConfig(beta=0.5, estimator="k3", direction="forward")
-    loss, _ = dgrpo_loss(logprobs, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
+    loss, _ = loss_on(logprobs, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
     loss.backward()
     assert logprobs.grad[0, 2] == 0
     changed = LOGPROBS.clone()
     changed[0, 2] = 123.0  # a masked token's value cannot change the loss
-    loss_changed, _ = dgrpo_loss(changed, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
+    loss_changed, _ = loss_on(changed, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
     assert float(loss_changed) == pytest.approx(float(loss.detach()))
 
 
@@ -126,15 +134,15 @@ def test_group_advantages_by_hand():
 def test_zero_variance_group_contributes_only_the_kl():
     cfg = ObjectiveConfig(beta=0.1, estimator="k2")
     advantages = group_advantages(torch.ones(1, 2, dtype=torch.float64))[0]
-    loss, _ = dgrpo_loss(LOGPROBS, OLD, advantages, MASK, cfg, teacher_logprobs=TEACHER)
+    loss, _ = loss_on(LOGPROBS, OLD, advantages, MASK, cfg, teacher_logprobs=TEACHER)
     assert float(loss) == pytest.approx(0.1 * (0.125 + 2.5 / 3) / 2)  # only beta * seq-mean(k2)
 
 
 def test_micro_batches_add_up_to_the_step_objective():
     cfg = ObjectiveConfig(beta=0.1, estimator="k2", aggregation="token-mean")
-    whole, _ = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
+    whole, _ = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
     denominator = normalizer(cfg, MASK)
-    parts = sum(float(dgrpo_loss(LOGPROBS[i:i + 1], OLD[i:i + 1], ADVANTAGES[i:i + 1], MASK[i:i + 1], cfg,
+    parts = sum(float(loss_on(LOGPROBS[i:i + 1], OLD[i:i + 1], ADVANTAGES[i:i + 1], MASK[i:i + 1], cfg,
                                  teacher_logprobs=TEACHER[i:i + 1], denominator=denominator)[0]) for i in range(2))
     assert parts == pytest.approx(float(whole))
 
@@ -145,7 +153,7 @@ def test_bad_configuration_is_a_clear_error():
     with pytest.raises(ConfigError, match="aggregation"):
         ObjectiveConfig(aggregation="sum")
     with pytest.raises(ValueError, match="needs the per-token kl from the policy head"):
-        dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, ObjectiveConfig(beta=0.1, estimator="full"))
+        loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, ObjectiveConfig(beta=0.1, estimator="full"))
 
 
 # --- the on-policy distillation family (objective.baseline, objective.horizon*) -------------------
@@ -158,11 +166,11 @@ def test_vopd_subtracts_the_exact_kl_from_the_sampled_log_ratio():
     # seq1: A -1.99 (rho .5) -> min(-0.995, -1.592) = -1.592; A -2.09 (1.1) -> -2.299;
     #       A -2.19 (rho 1.3) -> min(-2.847, -2.628) = -2.847                                 mean -2.246
     cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", baseline="exact_kl")
-    loss, stats = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, kl=KL_EXACT, teacher_logprobs=TEACHER)
+    loss, stats = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, kl=KL_EXACT, teacher_logprobs=TEACHER)
     assert float(loss) == pytest.approx(-(1.0725 - 2.246) / 2)
     assert float(stats["kl_sum"]) == pytest.approx(float(D[MASK].sum()))  # the reported KL is k1, unbaselined
     # neutral: a zero baseline is plain k1-in-the-advantage OPD/dGRPO
-    plain = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, kl=torch.zeros_like(KL_EXACT), teacher_logprobs=TEACHER)[0]
+    plain = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, kl=torch.zeros_like(KL_EXACT), teacher_logprobs=TEACHER)[0]
     assert float(plain) == pytest.approx(loss_of(beta=0.1, estimator="k1", combine="advantage")[0])
 
 
@@ -179,7 +187,7 @@ def single_sample_gradients(baseline: str, seed: int, vocab: int) -> tuple[torch
         z = z0.clone().requires_grad_(True)
         logp = torch.log_softmax(z, -1)
         exact = (logp.exp() * (logp - q)).sum().detach()
-        loss, _ = dgrpo_loss(logp[y].view(1, 1), logp[y].detach().view(1, 1), torch.zeros(1, dtype=torch.float64),
+        loss, _ = loss_on(logp[y].view(1, 1), logp[y].detach().view(1, 1), torch.zeros(1, dtype=torch.float64),
                              torch.ones(1, 1, dtype=torch.bool), cfg, kl=exact.view(1, 1), teacher_logprobs=q[y].view(1, 1))
         loss.backward()
         grads.append(z.grad.clone())
@@ -215,15 +223,15 @@ def test_vopd_keeps_the_gradient_unbiased_and_cuts_its_variance_in_most_states()
 def test_topd_keeps_the_teacher_term_on_the_first_h_tokens_only():
     # horizon 1, k2 (d^2/2), beta 0.1: seq0 keeps 0.125 (/2 tokens), seq1 keeps 0 (/3): seq-mean 0.03125
     cfg = ObjectiveConfig(beta=0.1, estimator="k2")
-    loss = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, horizon=1)[0]
+    loss = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, horizon=1)[0]
     assert float(loss) == pytest.approx(-SURROGATE_SEQ_MEAN + 0.1 * 0.125 / 2 / 2)
     full = loss_of(beta=0.1, estimator="k2")[0]
     for neutral in (None, 3, 100):  # no horizon, or one past every sequence: plain dGRPO
-        assert float(dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, horizon=neutral)[0]) == \
+        assert float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, horizon=neutral)[0]) == \
             pytest.approx(full)
     # the gradient after the horizon is the surrogate's alone (A = 0: none at all)
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER,
+    loss_on(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER,
                horizon=1)[0].backward()
     assert logprobs.grad[:, 1:].abs().max() == 0 and logprobs.grad[0, 0] == pytest.approx(0.1 * 0.5 / 2 / 2)
 
@@ -272,47 +280,57 @@ def test_gopd_scales_the_teacher_reward_against_a_reference():
     # seq1: A -2.05 (rho .5) -> min(-1.025, -1.64) = -1.64; A -2.1 (1.1) -> -2.31;
     #       A -2.15 (rho 1.3) -> min(-2.795, -2.58) = -2.795                                           mean -2.248333
     cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", reward_scale=2.0)
-    loss = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, reference_logprobs=REFERENCE)[0]
+    loss = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, reference_logprobs=REFERENCE)[0]
     assert float(loss) == pytest.approx(-(1.0275 - 2.248333333) / 2)
     # the gradient (ratio 1, A = 0): beta x term / |o_i| / 2 sequences, detached, per token
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER,
+    loss_on(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER,
                reference_logprobs=REFERENCE)[0].backward()
     expected = torch.tensor([[1.5 / 2, -1.5 / 2, 0.0], [0.5 / 3, 1.0 / 3, 1.5 / 3]], dtype=torch.float64) * 0.1 / 2
     assert torch.allclose(logprobs.grad, expected)
     # neutral: lambda = 1 is plain OPD/dGRPO whatever the reference
     plain = loss_of(beta=0.1, estimator="k1", combine="advantage")[0]
     neutral = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", reward_scale=1.0)
-    assert float(dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, neutral, teacher_logprobs=TEACHER,
+    assert float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, neutral, teacher_logprobs=TEACHER,
                             reference_logprobs=REFERENCE + 5)[0]) == pytest.approx(plain)
     with pytest.raises(ValueError, match="reference_logprobs"):
-        dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
+        loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)
 
 
-# REOPOLD, alpha = 0.5: term = -log(0.5 e^-d + 0.5) for d = D
-#   d 0.5 -> -log(0.803265) = 0.219072; d -0.5 -> -log(1.324361) = -0.280929; d 0 -> 0;
-#   d 1 -> -log(0.683940) = 0.379885; d 2 -> -log(0.567668) = 0.566219; bounded by -log(0.5) = 0.693147
-REOPOLD_TERM = torch.tensor([[0.219072, -0.280929, 0.0], [0.0, 0.379885, 0.566219]], dtype=torch.float64)
+# REOPOLD, lambda = 0.2: the reward r = -d floored at log(0.2 / 0.8) = -1.386294, term = -max(r, floor).
+#   d 0.5 -> r -0.5 (kept) -> 0.5; d -0.5 -> r +0.5 (kept: positive rewards are untouched) -> -0.5;
+#   d 0 -> 0; d 1 -> 1; d 2 -> r -2 floored -> 1.386294
+REOPOLD_TERM = torch.tensor([[0.5, -0.5, 0.0], [0.0, 1.0, 1.386294]], dtype=torch.float64)
 
 
-def test_reopold_clips_the_reward_through_the_mixture():
-    cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", mixture_clip=0.5)
+def test_reopold_floors_negative_rewards_and_keeps_positive_ones():
+    cfg = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", mixture_clip=0.2)
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    dgrpo_loss(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER)[0] \
+    loss_on(logprobs, logprobs.detach(), torch.zeros(2, dtype=torch.float64), MASK, cfg, teacher_logprobs=TEACHER)[0] \
         .backward()
     lengths = torch.tensor([[2.0], [3.0]], dtype=torch.float64)
     assert torch.allclose(logprobs.grad, 0.1 * REOPOLD_TERM / lengths / 2, atol=1e-7)
-    # a teacher that rules the token out costs at most log 2 (plain k1: 40)
-    far = torch.tensor([[-40.0]], dtype=torch.float64)
     one = torch.ones(1, 1, dtype=torch.bool)
-    lp = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
-    dgrpo_loss(lp, lp.detach(), torch.zeros(1, dtype=torch.float64), one, cfg, teacher_logprobs=far)[0].backward()
-    assert float(lp.grad) == pytest.approx(0.1 * math.log(2), rel=1e-9)
-    # neutral: alpha = 1, or the refinement phase (relaxed=False), is plain OPD
+
+    def single(teacher: float) -> float:
+        lp = torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)
+        loss_on(lp, lp.detach(), torch.zeros(1, dtype=torch.float64), one, cfg,
+                teacher_logprobs=torch.tensor([[teacher]], dtype=torch.float64))[0].backward()
+        return float(lp.grad) / 0.1  # the term itself
+
+    assert single(-40.0) == pytest.approx(math.log(4), rel=1e-9)  # a teacher that rules the token out: at most log 4
+    assert single(1.0) == pytest.approx(-1.0, rel=1e-9)  # reward +1 stays +1 (the smooth mixture gave +0.295)
+    # lambda = 0.5: every negative reward becomes 0, positive ones stay
+    half = ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", mixture_clip=0.5)
+    cfg = half
+    assert single(-3.0) == 0.0 and single(0.7) == pytest.approx(-0.7)
+    # neutral: lambda = 1, or the refinement phase (relaxed=False), is plain OPD
     plain = loss_of(beta=0.1, estimator="k1", combine="advantage")[0]
-    assert float(dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, relaxed=False)[0]) == \
+    assert float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, half, teacher_logprobs=TEACHER, relaxed=False)[0]) == \
         pytest.approx(plain)
     assert loss_of(beta=0.1, estimator="k1", combine="advantage", mixture_clip=1.0)[0] == pytest.approx(plain)
+    with pytest.raises(ConfigError, match="mixture_clip"):
+        ObjectiveConfig(beta=0.1, estimator="k1", combine="advantage", mixture_clip=0.7)
 
 
 # TIP: student entropy and |d| per token (the masked slot's 9 and 50 must never count)
@@ -331,15 +349,21 @@ def test_tip_selects_tokens_by_entropy_and_divergence(mode: str, chosen: list[tu
     cfg = ObjectiveConfig(beta=0.1, estimator="k2", token_select=mode, token_fraction=0.4)  # ceil(0.4 x 5) = 2
     selected = select_tokens(cfg, MASK, ENTROPY, (LOGPROBS - TEACHER).abs())
     assert sorted(map(tuple, selected.nonzero().tolist())) == chosen
-    # the loss: k2 = d^2/2 on the chosen tokens only (seq-mean)
+    # the loss: k2 = d^2/2 on the chosen tokens only, as their mean: scaled by 5 trained / 2 chosen (seq-mean)
     halves = (D.pow(2) / 2) * selected
-    expected = -SURROGATE_SEQ_MEAN + 0.1 * (halves[0].sum() / 2 + halves[1].sum() / 3) / 2
-    loss, stats = dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, entropy=ENTROPY)
+    expected = -SURROGATE_SEQ_MEAN + 0.1 * 2.5 * (halves[0].sum() / 2 + halves[1].sum() / 3) / 2
+    loss, stats = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER, entropy=ENTROPY)
     assert float(loss) == pytest.approx(float(expected)) and float(stats["distill_tokens"]) == 2
+    # token-mean: the teacher term is beta x the mean of k2 over the chosen tokens, whatever the fraction
+    # (dividing by all 5 trained tokens would give beta x 2/5 of it)
+    token_mean = ObjectiveConfig(beta=0.1, estimator="k2", token_select=mode, token_fraction=0.4, aggregation="token-mean")
+    surrogate_only = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, ObjectiveConfig(aggregation="token-mean"))[0]
+    with_term = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, token_mean, teacher_logprobs=TEACHER, entropy=ENTROPY)[0]
+    assert float(with_term - surrogate_only) == pytest.approx(0.1 * float(halves.sum()) / 2)
     # neutral: every token kept (fraction 1), or REOPOLD's refinement phase
     full = loss_of(beta=0.1, estimator="k2")[0]
     for neutral, relaxed in ((ObjectiveConfig(beta=0.1, estimator="k2", token_select=mode), True), (cfg, False)):
-        assert float(dgrpo_loss(LOGPROBS, OLD, ADVANTAGES, MASK, neutral, teacher_logprobs=TEACHER, entropy=ENTROPY,
+        assert float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, neutral, teacher_logprobs=TEACHER, entropy=ENTROPY,
                                 relaxed=relaxed)[0]) == pytest.approx(full)
 
 
@@ -363,3 +387,44 @@ def test_generalized_jsd_by_hand_through_the_policy_head():
     for b, scale, limit in ((1e-4, 1e-4, "forward"), (1 - 1e-4, 1e-4, "reverse")):
         jsd = float(policy_head(x, weight, None, direction="jsd", jsd_beta=b, backend="torch", **teacher).kl.detach())
         assert jsd / scale == pytest.approx(kl[limit], rel=2e-3)
+
+
+# --- edge cases of the objective (each one failed before the teacher term had one seam) -----------
+def test_log_ratio_is_clamped_as_verl_does_so_a_huge_ratio_with_zero_advantage_is_not_nan():
+    logprobs = torch.tensor([[0.0, -1.0]], requires_grad=True)  # fp32, as the trainer computes
+    old = torch.tensor([[-100.0, -1.0]])  # log-ratio +100: e^100 overflows fp32; inf x 0 is NaN
+    loss, stats = loss_on(logprobs, old, torch.zeros(1), torch.ones(1, 2, dtype=torch.bool), ObjectiveConfig())
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logprobs.grad).all()
+    assert float(stats["ratio_sum"]) == pytest.approx(math.exp(20) + 1, rel=1e-5)  # the ratio is e^20 at most
+
+
+def test_dual_clip_bounds_the_surrogate_of_negative_advantages_as_verl_does():
+    # A = -2, rho = e^2 = 7.389: min(rho A, clip(rho) A) = -14.78; verl's dual clip c = 3 makes it max(-14.78, -6) = -6
+    logprobs = torch.tensor([[2.0, 0.1]], dtype=torch.float64, requires_grad=True)
+    old, mask = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool)
+    plain = loss_on(logprobs, old, torch.tensor([-2.0], dtype=torch.float64), mask, ObjectiveConfig())[0]
+    dual = loss_on(logprobs, old, torch.tensor([-2.0], dtype=torch.float64), mask, ObjectiveConfig(clip_ratio_c=3.0))[0]
+    second = min(math.exp(0.1) * -2, 1.1 * -2)  # rho = 1.105 is inside the dual clip: unchanged
+    assert float(plain) == pytest.approx(-(math.exp(2) * -2 + second) / 2)
+    assert float(dual) == pytest.approx(-(-6.0 + second) / 2)
+    dual.backward()
+    assert logprobs.grad[0, 0] == 0  # the clipped token passes no gradient, as in verl
+    positive = loss_on(logprobs.detach(), old, torch.tensor([2.0], dtype=torch.float64), mask, ObjectiveConfig(clip_ratio_c=3.0))
+    assert float(positive[0]) == pytest.approx(-(1.2 * 2 + min(math.exp(0.1), 1.2) * 2) / 2)  # positive A: untouched
+    with pytest.raises(ConfigError, match="clip_ratio_c"):
+        ObjectiveConfig(clip_ratio_c=0.5)
+
+
+@pytest.mark.parametrize("estimator,combine,direction", [("k2", "loss", "reverse"), ("k3", "loss", "forward"),
+                                                         ("k1", "advantage", "reverse")])
+def test_a_non_finite_teacher_log_prob_at_a_padded_position_reaches_no_value_and_no_gradient(
+        estimator: str, combine: str, direction: str):
+    teacher = TEACHER.clone()
+    teacher[0, 2] = -math.inf  # the masked slot
+    logprobs = LOGPROBS.clone().requires_grad_(True)
+    cfg = ObjectiveConfig(beta=0.5, estimator=estimator, combine=combine, direction=direction)
+    loss, stats = loss_on(logprobs, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=teacher)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logprobs.grad).all() and torch.isfinite(stats["kl_sum"])
+    assert float(loss) == pytest.approx(float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)[0]))

@@ -20,8 +20,8 @@ from conftest import cli, cli_killed_at
 from logprob_server import LogprobServer
 from openai_double import _free_port
 from trainer.config import RLConfig, ServedConfig, SFTConfig, TeacherConfig, load_config
-from trainer.batch import Rollout
-from trainer.teacher import LocalTeacher, ServedTeacher
+from trainer.batch import Rollout, TeacherFailure
+from trainer.teacher import FrozenModel, ServedTeacher
 
 TIMING = ("tokens_per_s", "seconds")
 
@@ -150,7 +150,7 @@ def test_dgrpo_with_reward_and_teacher_learns(task: SimpleNamespace, tmp_path: P
 
 def test_served_teacher_matches_the_local_teacher(task: SimpleNamespace) -> None:
     rollouts = [Rollout([1, 5, 9, 12, 3], [20, 21, 2], [0.0] * 3, True), Rollout([1, 7], [40, 41, 42, 2], [0.0] * 4, True)]
-    local = LocalTeacher(TeacherConfig(source="local", path=str(task.teacher)), torch.device("cpu"))
+    local = FrozenModel(str(task.teacher), "auto", False, torch.device("cpu"))
     expected = local.score(rollouts, top_k=20, temperature=1.0)
     with LogprobServer(str(task.teacher), fail_first=1) as server:
         for protocol, top_k in (("prompt_logprobs", 20), ("echo", 0)):
@@ -158,7 +158,7 @@ def test_served_teacher_matches_the_local_teacher(task: SimpleNamespace) -> None
             got = served.score(rollouts, top_k=top_k, temperature=1.0)
             served.close()
             for a, b in zip(got, expected):
-                assert not isinstance(a, str), a
+                assert not isinstance(a, TeacherFailure), a
                 assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
                 if top_k:
                     assert a.topk_ids == b.topk_ids
@@ -170,7 +170,7 @@ def test_served_teacher_failure_is_reported_not_zero(task: SimpleNamespace) -> N
     served = ServedTeacher(ServedConfig(base_url=f"http://127.0.0.1:{_free_port()}/v1", model="m", max_retries=0, timeout=2))
     [result] = served.score([Rollout([1, 2], [3, 2], [0.0, 0.0], True)], top_k=0, temperature=1.0)
     served.close()
-    assert isinstance(result, str) and "Connection" in result
+    assert isinstance(result, TeacherFailure) and "Connection" in result.reason
 
 
 def test_rl_cli_runs_with_each_teacher_source(task: SimpleNamespace, tmp_path: Path) -> None:

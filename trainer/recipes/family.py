@@ -20,7 +20,7 @@ FAMILY: dict[str, tuple[str, ...]] = {
     "popd": ("--objective.horizon=0.1", "--objective.horizon_final=1.0", "--objective.horizon_steps={half}"),
     "gopd": (*_K1, "--objective.reward_scale=1.5"),  # ExOPD: the reference is the student's initial weights
     "tip": ("--objective.token_select=tip", "--objective.token_fraction=0.5"),
-    "reopold": (*_K1, "--objective.mixture_clip=0.5", "--objective.token_select=entropy",
+    "reopold": (*_K1, "--objective.mixture_clip=0.2", "--objective.token_select=entropy",
                 "--objective.token_fraction=0.5", "--objective.relax_steps={half}"),
 }
 
