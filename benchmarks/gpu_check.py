@@ -51,7 +51,7 @@ def steps(part: str, out: Path, smoke: bool) -> list[tuple[str, list[str]]]:
     py, smoke_flag = sys.executable, ["--smoke"] if smoke else []
     if part == "kernels":
         return [
-            ("pytest -m gpu", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/kernels", "tests/trainer",
+            ("pytest -m gpu", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/trainer",
                                f"--junitxml={out / 'pytest-gpu.xml'}"]),
             ("kernels vs Liger", [py, "benchmarks/bench_kernels.py", "--json", str(out / "kernels.json"), *smoke_flag]),
         ]

@@ -1,103 +1,34 @@
-"""LLM backends behind one small interface: `map_ordered(items, to_messages)` yields each item with
-its `Completion`, in input order, while requests run concurrently. Two implementations: `openai`
-(any OpenAI-compatible server; bounded concurrency, retries with backoff and jitter, explicit
-sampling and timeout) and `vllm` (in-process `vllm.LLM`). Both share a persistent sqlite request
-cache so a re-run never pays twice. Must not parse task outputs: callers do.
+"""LLM backends behind one small interface (`Backend`): `map_ordered(items, to_messages)` yields
+each item with its `Completion`, in input order, while requests run concurrently. Three
+implementations: `openai` (any OpenAI-compatible server; bounded concurrency, retries with backoff
+and jitter, explicit sampling and timeout), `vllm` (in-process `vllm.LLM`) and `transformers`
+(in-process, `transformers_backend.py`); all share the persistent request cache of
+`completions.py`. `build_backend` makes one from a config section and refuses an option the chosen
+backend would ignore. Must not parse task outputs: callers do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
-import json
 import os
 import random
-import sqlite3
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from longblocks.completions import BackendStats, BatchedBackend, Completion, Messages, RequestCache, Sampling
+from longblocks.config import BackendConfig
 from longblocks.errors import LongBlocksError
 from longblocks.text import split_reasoning
 
 T = TypeVar("T")
-R = TypeVar("R")
-Messages = list[dict[str, str]]
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sent with every request, so a server's own defaults (vLLM: max_tokens=16, or the model's
-    generation_config.json) never apply silently."""
-
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 16384
-    seed: int | None = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"top_k": 20}: sent as extra_body
-
-
-@dataclass
-class Completion:
-    text: str = ""  # the answer with any reasoning removed
-    reasoning: str = ""
-    finish_reason: str | None = None
-    error: str | None = None  # set when the request failed for good (after retries)
-    cached: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class RequestCache:
-    """sqlite table request-key -> completion; keyed by model, sampling and messages (never the
-    API key). Written as each response arrives, so a killed run keeps what it paid for."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path else None
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-    @staticmethod
-    def key(model: str, sampling: Sampling, messages: Messages) -> str:
-        blob = json.dumps({"model": model, "sampling": asdict(sampling), "messages": messages}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def get(self, key: str) -> Completion | None:
-        if self._db is None:
-            return None
-        with self._lock:
-            row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
-        return Completion(**{**json.loads(row[0]), "cached": True}) if row else None
-
-    def put(self, key: str, completion: Completion) -> None:
-        if self._db is None or completion.error:
-            return  # failures are not cached: a re-run tries them again
-        value = json.dumps({k: v for k, v in asdict(completion).items() if k != "cached"})
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (key, value))
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-
-@dataclass
-class BackendStats:
-    sent: int = 0
-    cached: int = 0
-    retries: int = 0
-    failed: int = 0
-    in_flight: int = 0
+__all__ = ["Backend", "BackendStats", "Completion", "Messages", "OpenAIBackend", "RequestCache", "Sampling",
+           "VLLMBackend", "build_backend", "make_backend", "opened_backend", "sampling_of"]
 
 
 class OpenAIBackend:
@@ -193,7 +124,6 @@ class OpenAIBackend:
                         completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
                     )
             if attempt < self.max_retries:
-                self.stats.retries += 1
                 if (attempt + 1) % replicas == 0:  # every replica tried once more: back off
                     await asyncio.sleep(self._retry_delay(attempt // replicas, last_exc))
         self.stats.failed += 1
@@ -254,66 +184,6 @@ class OpenAIBackend:
 _END = object()
 
 
-class BatchedBackend:
-    """In-process engines: windows of `batch_size` requests, the cached ones answered from the
-    cache and the rest generated together by `_generate`, results in input order. Subclasses set
-    `model`, `sampling`, `batch_size`, `cache`, `stats` and implement `_generate`."""
-
-    name = "batched"
-    model: str
-    sampling: Sampling
-    batch_size: int
-    cache: RequestCache
-    stats: BackendStats
-
-    def _generate(self, batch: list[Messages]) -> list[Completion]:
-        raise NotImplementedError
-
-    def map_ordered(
-        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
-    ) -> Iterator[tuple[T, Completion]]:
-        return self._map(items, to_messages, self.model, self._generate, lambda c: None if c.error else c, lambda c: c)
-
-    def _map(self, items: Iterable[T], to_messages: Callable[[T], Messages], key_model: str,
-             compute: Callable[[list[Messages]], list[R]], store: Callable[[R], Completion | None],
-             load: Callable[[Completion], R]) -> Iterator[tuple[T, R]]:
-        """Windows of `batch_size` requests keyed by `key_model`: the cached ones `load`ed from the
-        cache, the rest `compute`d together and cached as `store` makes them (None: a failure, tried
-        again on the next run); results in input order."""
-        window: list[tuple[T, Messages, str]] = []
-        for item in items:
-            messages = to_messages(item)
-            window.append((item, messages, RequestCache.key(key_model, self.sampling, messages)))
-            if len(window) >= self.batch_size:
-                yield from self._run(window, compute, store, load)
-                window = []
-        if window:
-            yield from self._run(window, compute, store, load)
-
-    def _run(self, window: list[tuple[T, Messages, str]], compute: Callable[[list[Messages]], list[R]],
-             store: Callable[[R], Completion | None], load: Callable[[Completion], R]) -> Iterator[tuple[T, R]]:
-        results: dict[int, R] = {}
-        todo = []
-        for i, (_, _, key) in enumerate(window):
-            cached = self.cache.get(key)
-            if cached is not None:
-                self.stats.cached += 1
-                results[i] = load(cached)
-            else:
-                todo.append(i)
-        if todo:
-            for i, result in zip(todo, compute([window[i][1] for i in todo])):
-                entry = store(result)
-                if entry is not None:
-                    self.cache.put(window[i][2], entry)
-                results[i] = result
-        for i, (item, _, _) in enumerate(window):
-            yield item, results[i]
-
-    def close(self) -> None:
-        self.cache.close()
-
-
 class VLLMBackend(BatchedBackend):
     """In-process `vllm.LLM` for GPU hosts: batches of chats through vLLM's scheduler."""
 
@@ -370,16 +240,57 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+# What each backend takes from a section; any other endpoint option set away from its default is
+# refused (it would be silently ignored).
+_TAKES = {
+    "openai": {"base_url", "api_key_env", "concurrency", "timeout", "max_retries"},
+    "transformers": {"batch_size", "max_model_len"},
+    "vllm": {"batch_size", "tensor_parallel_size", "max_model_len"},
+}
+_ENDPOINT = set().union(*_TAKES.values())
+
+
 def make_backend(kind: str, model: str, **options: Any) -> Backend:
+    """A backend by name with its own keyword options (see each class)."""
     if kind == "openai":
-        allowed = {"base_url", "api_key_env", "sampling", "concurrency", "timeout", "max_retries", "backoff", "cache"}
-        return OpenAIBackend(model, **{k: v for k, v in options.items() if k in allowed})
+        return OpenAIBackend(model, **options)
     if kind == "transformers":
         from longblocks.transformers_backend import TransformersBackend
 
-        allowed = {"sampling", "batch_size", "max_model_len", "cache", "trust_remote_code"}
-        return TransformersBackend(model, **{k: v for k, v in options.items() if k in allowed})
+        return TransformersBackend(model, **options)
     if kind == "vllm":
-        allowed = {"sampling", "tensor_parallel_size", "max_model_len", "batch_size", "cache", "trust_remote_code"}
-        return VLLMBackend(model, **{k: v for k, v in options.items() if k in allowed})
+        return VLLMBackend(model, **options)
     raise LongBlocksError(f"unknown backend {kind!r}; use openai, transformers or vllm")
+
+
+def sampling_of(cfg: BackendConfig) -> Sampling:
+    return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed,
+                    extra=dict(cfg.extra))
+
+
+@contextmanager
+def opened_backend(cfg: BackendConfig, stage_dir: Path, *, where: str = "") -> Iterator[Backend]:
+    """`build_backend`, closed when the block ends."""
+    backend = build_backend(cfg, stage_dir, where=where)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def build_backend(cfg: BackendConfig, stage_dir: Path, *, where: str = "") -> Backend:
+    """The backend a section names, with its request cache (`cache`, or beside the stage directory)."""
+    if cfg.backend not in _TAKES:
+        raise LongBlocksError(f"{where}backend must be openai, transformers or vllm, got {cfg.backend!r}")
+    ignored = sorted(f.name for f in fields(cfg) if f.name in _ENDPOINT - _TAKES[cfg.backend]
+                     and getattr(cfg, f.name) != f.default)
+    if ignored:
+        takes = ", ".join(sorted(_TAKES[cfg.backend]))
+        raise LongBlocksError(f"{where}{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to the "
+                              f"{cfg.backend} backend (it takes {takes}); remove {'it' if len(ignored) == 1 else 'them'}")
+    from longblocks.local_models import resolve_model
+
+    cache = RequestCache(Path(cfg.cache) if cfg.cache else stage_dir.parent / f"{stage_dir.name}.requests.sqlite")
+    options: dict[str, Any] = {"sampling": sampling_of(cfg), "cache": cache,
+                               **{name: getattr(cfg, name) for name in sorted(_TAKES[cfg.backend])}}
+    return make_backend(cfg.backend, resolve_model(cfg.model), **options)

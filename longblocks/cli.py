@@ -18,8 +18,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from longblocks.config import BackendConfig, DedupConfig, GenerateSection, JudgeSection, ResponderConfig, SelectConfig
+from longblocks.config import (
+    PART_SIZE, BackendConfig, DedupSection, GenerateSection, JudgeSection, PublishSection, ResponderConfig, SelectConfig,
+)
 from longblocks.errors import LongBlocksError
+from longblocks.options import OptionError
+from longblocks.manifest import DedupStats, LLMStats, SampleStats, stage_stats
 from longblocks.store import Progress
 
 app = typer.Typer(
@@ -39,7 +43,7 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except LongBlocksError as exc:
+        except (LongBlocksError, OptionError) as exc:
             console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -82,22 +86,17 @@ def parse_quotas(value: str | None, flag: str = "--quota") -> dict[str, int] | N
     return quotas
 
 
-# what a stage consumes, keeps and rejects (generate reads documents and writes pairs; respond keeps
-# every pair and records each failed response)
-STAGE_UNITS = {"generate": ("documents", "pairs", "pairs"), "judge": ("pairs", "pairs", "pairs"),
-               "respond": ("pairs", "pairs", "responses")}
-
-
 def print_manifest(manifest: dict[str, Any], out: Path) -> None:
     rejected = manifest.get("rejected", {})
-    consumed, kept, lost = STAGE_UNITS.get(manifest["stage"], ("documents", "documents", "documents"))
+    consumed, kept, lost = manifest.get("units", ("documents", "documents", "documents"))
     console.print(
         f"[green]{manifest['stage']}[/]: {manifest['inputs']['consumed']} {consumed} in, kept "
         f"{manifest['outputs']['kept']} {kept}, rejected {sum(rejected.values())} {lost} -> {out}"
     )
     for reason, n in rejected.items():
         console.print(f"  rejected {reason}: {n}")
-    for quota, missing in manifest.get("unmet", {}).items():
+    stats = stage_stats(manifest)
+    for quota, missing in (stats.unmet if isinstance(stats, SampleStats) else {}).items():
         console.print(f"  [yellow]the source ran out[/]: {quota} is {missing} document(s) short of its quota")
 
 
@@ -162,10 +161,10 @@ def sample_cmd(
                                                        "selection (--tokenizer, --min/--max-tokens, --bins).")] = None,
     bins: Annotated[str, typer.Option(help="Length-bin edges in tokens, comma-separated.")] =
         ",".join(map(str, SelectConfig.bins)),
-    tokenizer: TokenizerOpt = "approx",
+    tokenizer: TokenizerOpt = SelectConfig.tokenizer,
     min_tokens: MinTokOpt = SelectConfig.min_tokens,
     max_tokens: MaxTokOpt = SelectConfig.max_tokens,
-    part_size: PartSizeOpt = 1000,
+    part_size: PartSizeOpt = PART_SIZE,
     stack_edu_contents: Annotated[str, typer.Option(
         help="stack-edu only: where file contents come from: s3 (the Software Heritage bucket, anonymous, "
              "boto3; AWS_ENDPOINT_URL_S3 for a mirror), s3://BUCKET, or local:PATH (blobs already downloaded, "
@@ -175,6 +174,7 @@ def sample_cmd(
     """Sample documents from a source into OUT (parquet parts + rejected/ + manifest.json)."""
     from longblocks.sample import sample
     from longblocks.select import admit_selected
+    from longblocks.sources import open_source
 
     cfg = _source_config(source, languages, per_language, quota, seed, text_field, include, hub_id, stack_edu_contents)
     cfg.bin_quotas = parse_quotas(bin_quota, flag="--bin-quota")
@@ -188,7 +188,7 @@ def sample_cmd(
             raise LongBlocksError(f"--bin-quota: unknown bin(s) {sorted(unknown)}; bins are {select_cfg.bin_labels()}")
         admit, key = admit_selected(select_cfg)
     with progress_bars() as progress:
-        manifest = sample(cfg.source(), out, quotas=quotas, seed=seed, part_size=part_size, overwrite=overwrite,
+        manifest = sample(open_source(cfg), out, quotas=quotas, seed=seed, part_size=part_size, overwrite=overwrite,
                           on_progress=progress, admit=admit, quota_key=key)
     print_manifest(manifest, out)
 
@@ -201,17 +201,18 @@ def select_cmd(
     tokenizer: TokenizerOpt,
     min_tokens: MinTokOpt = SelectConfig.min_tokens,
     max_tokens: MaxTokOpt = SelectConfig.max_tokens,
-    part_size: PartSizeOpt = 1000,
-    batch_size: Annotated[int, typer.Option(help="Documents tokenized per call.")] = 32,
+    part_size: PartSizeOpt = PART_SIZE,
+    batch_size: Annotated[int, typer.Option(help="Documents tokenized per call.")] = SelectConfig.batch_size,
     trust_remote_code: RemoteCodeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Keep documents within [--min-tokens, --max-tokens] that look self-contained; record why others go."""
     from longblocks.select import select
 
-    cfg = SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens, trust_remote_code=trust_remote_code)
+    cfg = SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens,
+                       trust_remote_code=trust_remote_code, batch_size=batch_size)
     with progress_bars() as progress:
-        manifest = select(inp, out, cfg, part_size=part_size, batch_size=batch_size, overwrite=overwrite,
+        manifest = select(inp, out, cfg, part_size=part_size, overwrite=overwrite,
                           on_progress=progress)
     print_manifest(manifest, out)
 
@@ -223,15 +224,17 @@ def dedup_cmd(
                                                 "parquet shards of documents, e.g. several sources' select stages: "
                                                 "deduplicated as one pool), then the output stage directory.")],
     threshold: Annotated[float, typer.Option(help="Exact Jaccard a candidate pair needs to count as a duplicate.")] =
-        DedupConfig.threshold,
-    ngram: Annotated[int, typer.Option(help="Shingle size in words (tokens for code).")] = DedupConfig.ngram,
-    bands: Annotated[int, typer.Option(help="LSH bands.")] = DedupConfig.bands,
-    rows: Annotated[int, typer.Option(help="LSH rows per band (num_perm = bands x rows).")] = DedupConfig.rows,
-    seed: Annotated[int, typer.Option(help="MinHash permutation seed.")] = DedupConfig.seed,
-    workers: Annotated[int, typer.Option(help="Hashing processes (the survivors do not depend on it).")] = 1,
-    lsh_storage: Annotated[str, typer.Option(help="memory, or redis for corpora beyond one machine.")] = "memory",
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL for --lsh-storage redis.")] = None,
-    part_size: PartSizeOpt = 1000,
+        DedupSection.threshold,
+    ngram: Annotated[int, typer.Option(help="Shingle size in words (tokens for code).")] = DedupSection.ngram,
+    bands: Annotated[int, typer.Option(help="LSH bands.")] = DedupSection.bands,
+    rows: Annotated[int, typer.Option(help="LSH rows per band (num_perm = bands x rows).")] = DedupSection.rows,
+    seed: Annotated[int, typer.Option(help="MinHash permutation seed.")] = DedupSection.seed,
+    workers: Annotated[int, typer.Option(help="Hashing processes (the survivors do not depend on it).")] =
+        DedupSection.workers,
+    lsh_storage: Annotated[str, typer.Option(help="memory, or redis for corpora beyond one machine.")] =
+        DedupSection.lsh_storage,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL for --lsh-storage redis.")] = DedupSection.redis_url,
+    part_size: PartSizeOpt = PART_SIZE,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Remove near-duplicate documents, across all inputs: MinHash LSH candidates, exact Jaccard check, one
@@ -242,14 +245,16 @@ def dedup_cmd(
         raise LongBlocksError("dedup needs at least one input and an output: longblocks dedup IN [IN...] OUT")
     *inp, out = paths
 
-    cfg = DedupConfig(ngram=ngram, bands=bands, rows=rows, seed=seed, threshold=threshold)
+    section = DedupSection(ngram=ngram, bands=bands, rows=rows, seed=seed, threshold=threshold, workers=workers,
+                           lsh_storage=lsh_storage, redis_url=redis_url)
     with progress_bars() as progress:
-        manifest = dedup(inp, out, cfg, workers=workers, storage=lsh_storage, redis_url=redis_url,
+        manifest = dedup(inp, out, section.config(), workers=workers, storage=lsh_storage, redis_url=redis_url,
                          part_size=part_size, overwrite=overwrite, on_progress=progress)
     print_manifest(manifest, out)
-    report = manifest["dedup"]
-    console.print(f"  clusters {report['clusters']}, candidate pairs {report['candidate_pairs']}, "
-                  f"verified {report['verified_pairs']} (datasketch {report['datasketch_version']}, {report['hashing_scheme']})")
+    report = stage_stats(manifest)
+    assert isinstance(report, DedupStats)
+    console.print(f"  clusters {report.clusters}, candidate pairs {report.candidate_pairs}, "
+                  f"verified {report.verified_pairs} (datasketch {report.datasketch_version}, {report.hashing_scheme})")
 
 
 BackendOpt = Annotated[str, typer.Option(help="openai (any OpenAI-compatible server), transformers (in-process, any "
@@ -264,13 +269,13 @@ TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling top_p.")]
 MaxNewOpt = Annotated[int, typer.Option(help="max_tokens per completion, reasoning included.")]
 CacheOpt = Annotated[str | None, typer.Option(help="sqlite request cache (default: beside the stage directory).")]
 TPOpt = Annotated[int, typer.Option(help="Tensor parallel size for --backend vllm.")]
+BatchOpt = Annotated[int, typer.Option(help="Requests generated together by --backend transformers or vllm.")]
 
 
 def _print_backend_stats(manifest: dict[str, Any]) -> None:
-    for key in ("generation", "judge"):
-        if key in manifest:
-            info = manifest[key]
-            console.print(f"  {key}: {info['backend']} {info['model']} (prompts {info['prompt_sha256']})", highlight=False)
+    info = stage_stats(manifest)
+    if isinstance(info, LLMStats):
+        console.print(f"  {manifest['stage']}: {info.backend} {info.model} (prompts {info.prompt_sha256})", highlight=False)
 
 
 @app.command()
@@ -285,7 +290,7 @@ def generate(
     text_field: TextFieldOpt = None,
     include: IncludeOpt = None,
     hub_id: HubIdOpt = None,
-    tokenizer: TokenizerOpt = "approx",
+    tokenizer: TokenizerOpt = SelectConfig.tokenizer,
     min_tokens: MinTokOpt = SelectConfig.min_tokens,
     max_tokens: MaxTokOpt = SelectConfig.max_tokens,
     model: Annotated[str, typer.Option(help="Generator model (served name, or path/id for --backend vllm). "
@@ -313,10 +318,11 @@ def generate(
     judge_top_p: Annotated[float, typer.Option(help="The judge's top_p (as `longblocks judge`).")] = JudgeSection.top_p,
     judge_max_new_tokens: Annotated[int, typer.Option(help="The judge's max_tokens (as `longblocks judge`).")] =
         JudgeSection.max_tokens,
-    part_size: PartSizeOpt = 1000,
+    part_size: PartSizeOpt = PART_SIZE,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Run the pipeline for one source into a run directory: sample -> select -> dedup -> QA generation -> judge."""
+    """Run the pipeline for one source into a run directory: sample -> select -> dedup -> QA generation -> judge
+    (the filter, with --judge-model). Each stage resumes from its directory under OUT."""
     from longblocks.config import PipelineConfig
     from longblocks.pipeline import run_pipeline
 
@@ -335,49 +341,55 @@ def generate(
     )
     with progress_bars() as progress:
         manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
-    for stage, manifest in manifests.items():
-        print_manifest(manifest, out / stage)
-        _print_backend_stats(manifest)
+    print_run(manifests, out)
 
 
-@app.command("judge")
+FilterModeOpt = Annotated[str, typer.Option(help="text: verdicts parsed from one completion per document; choice: each "
+                                               "check a constrained yes/no from log-probabilities (transformers "
+                                               "backend; for models too small to write the verdict format).")]
+
+
+@app.command("filter")
 @friendly_errors
-def judge_cmd(
+def filter_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="QA records: a generate stage directory or parquet shards.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
-    model: Annotated[str, typer.Option(help="Judge model (served name, or path/id for --backend vllm).")],
+    model: Annotated[str, typer.Option(help="Judge model (served name, or path/id for --backend vllm/transformers).")],
     backend: BackendOpt = JudgeSection.backend,
-    base_url: BaseUrlOpt = None,
+    base_url: BaseUrlOpt = JudgeSection.base_url,
     api_key_env: ApiKeyEnvOpt = JudgeSection.api_key_env,
     concurrency: ConcurrencyOpt = JudgeSection.concurrency,
+    batch_size: BatchOpt = JudgeSection.batch_size,
     timeout: TimeoutOpt = JudgeSection.timeout,
     max_retries: RetriesOpt = JudgeSection.max_retries,
     temperature: TemperatureOpt = JudgeSection.temperature,
     top_p: TopPOpt = JudgeSection.top_p,
     max_new_tokens: MaxNewOpt = JudgeSection.max_tokens,
-    cache: CacheOpt = None,
+    cache: CacheOpt = JudgeSection.cache,
     tensor_parallel_size: TPOpt = JudgeSection.tensor_parallel_size,
     local_span_window: Annotated[int, typer.Option(help="Also reject answers whose words all fit in one window of "
                                                         "this many document words (0: off).")] =
         JudgeSection.local_span_window,
-    mode: Annotated[str, typer.Option(help="text: verdicts parsed from one completion per document; choice: each "
-                                           "check a constrained yes/no from log-probabilities (transformers "
-                                           "backend; for models too small to write the verdict format).")] =
-        JudgeSection.mode,
-    part_size: PartSizeOpt = 500,
+    mode: FilterModeOpt = JudgeSection.mode,
+    part_size: PartSizeOpt = PART_SIZE,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Judge QA pairs with an LLM (one request per document): keep what passes, record why the rest fail."""
-    from longblocks.pipeline import run_judge
+    """Filter QA pairs with an LLM judge (one request per document, five checks per pair: well-formed, complete,
+    supported by the document, needs more than one local span, self-contained): keep what passes, record why the
+    rest fail. `longblocks judge` is the same command; the pipeline file's section is [judge] (or [filter])."""
+    from longblocks.judge import judge_with
 
     section = JudgeSection(model=model, backend=backend, base_url=base_url, api_key_env=api_key_env,
-                           concurrency=concurrency, timeout=timeout, max_retries=max_retries, temperature=temperature,
-                           top_p=top_p, max_tokens=max_new_tokens, cache=cache,
+                           concurrency=concurrency, batch_size=batch_size, timeout=timeout, max_retries=max_retries,
+                           temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, cache=cache,
                            tensor_parallel_size=tensor_parallel_size, local_span_window=local_span_window, mode=mode)
     with progress_bars() as progress:
-        manifest = run_judge(section, inp, out, part_size=part_size, overwrite=overwrite, progress=progress)
+        manifest = judge_with(section, [inp], out, part_size=part_size, overwrite=overwrite, progress=progress)
     print_manifest(manifest, out)
     _print_backend_stats(manifest)
+
+
+app.command("judge", help="The same command as `longblocks filter` (the stage's own name).")(filter_cmd)
 
 
 def parse_responder(spec: str, **options: Any) -> ResponderConfig:
@@ -404,25 +416,26 @@ def respond_cmd(
     backend: BackendOpt = ResponderConfig.backend,
     api_key_env: ApiKeyEnvOpt = ResponderConfig.api_key_env,
     concurrency: ConcurrencyOpt = ResponderConfig.concurrency,
+    batch_size: BatchOpt = ResponderConfig.batch_size,
     timeout: TimeoutOpt = ResponderConfig.timeout,
     max_retries: RetriesOpt = ResponderConfig.max_retries,
     temperature: TemperatureOpt = ResponderConfig.temperature,
     top_p: TopPOpt = ResponderConfig.top_p,
     max_new_tokens: MaxNewOpt = ResponderConfig.max_tokens,
     tensor_parallel_size: TPOpt = ResponderConfig.tensor_parallel_size,
-    part_size: PartSizeOpt = 500,
+    part_size: PartSizeOpt = PART_SIZE,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Have each responder model answer every question over its document (LongBlocks' response_<model> columns)."""
     from longblocks.config import RespondSection
-    from longblocks.pipeline import run_respond
+    from longblocks.respond import respond_with
 
-    options = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
-                   max_retries=max_retries, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                   tensor_parallel_size=tensor_parallel_size)
+    options = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, batch_size=batch_size,
+                   timeout=timeout, max_retries=max_retries, temperature=temperature, top_p=top_p,
+                   max_tokens=max_new_tokens, tensor_parallel_size=tensor_parallel_size)
     section = RespondSection(responders=[parse_responder(spec, **options) for spec in responder])
     with progress_bars() as progress:
-        manifest = run_respond(section, inp, out, part_size=part_size, overwrite=overwrite, progress=progress)
+        manifest = respond_with(section, [inp], out, part_size=part_size, overwrite=overwrite, progress=progress)
     print_manifest(manifest, out)
 
 
@@ -431,12 +444,18 @@ def respond_cmd(
 def publish_cmd(
     inp: Annotated[Path, typer.Argument(metavar="IN", help="A run directory, or its judge/generate stage directory.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write data/ shards and README.md into.")],
-    repo_id: Annotated[str, typer.Option(help="Repo id shown in the card's usage snippet.")] = "ORG/NAME",
-    pretty_name: Annotated[str, typer.Option(help="Dataset name in the card.")] = "LongBlocks",
-    max_shard_size: Annotated[str, typer.Option(help="Largest shard, in Arrow bytes (as datasets sizes shards).")] = "500MB",
-    row_group_rows: Annotated[int, typer.Option(help="Rows per parquet row group (the viewer wants small ones).")] = 100,
-    working_config: Annotated[bool, typer.Option(help="Also write a 'working' config with the provenance columns.")] = False,
-    license: Annotated[str | None, typer.Option(help="License id (default: cc-by-sa-4.0 with share-alike sources, else cc-by-4.0).")] = None,
+    repo_id: Annotated[str, typer.Option(help="The Hub repo the card's loading snippet names (empty: the card shows "
+                                              "how to load the local folder).")] = PublishSection.repo_id,
+    pretty_name: Annotated[str, typer.Option(help="Dataset name in the card.")] = PublishSection.pretty_name,
+    max_shard_size: Annotated[str, typer.Option(help="Largest shard, in Arrow bytes (as datasets sizes shards).")] =
+        PublishSection.max_shard_size,
+    row_group_rows: Annotated[int, typer.Option(help="Rows per parquet row group (the viewer wants small ones).")] =
+        PublishSection.row_group_rows,
+    working_config: Annotated[bool, typer.Option(help="Also write a 'working' config with the provenance columns.")] =
+        PublishSection.working_config,
+    license: Annotated[str | None, typer.Option(help="License id (default: cc-by-sa-4.0 with share-alike sources, "
+                                                     "cc-by-4.0 with other Hub sources; local sources: say it).")] =
+        PublishSection.license,
 ) -> None:
     """Write Hub-ready parquet shards (published LongBlocks columns) and a dataset card."""
     from longblocks.publish import publish
@@ -452,11 +471,11 @@ def publish_cmd(
 def push_cmd(
     folder: Annotated[Path, typer.Argument(metavar="OUT", help="A folder written by `longblocks publish`.")],
     repo_id: Annotated[str, typer.Option(help="Dataset repo on the Hub: ORG/NAME.")],
-    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = PublishSection.private,
     dry_run: Annotated[bool, typer.Option(help="List the files and commits without uploading.")] = False,
-    revision: Annotated[str | None, typer.Option(help="Branch to commit to (default: main).")] = None,
-    max_commit_files: Annotated[int, typer.Option(help="Files per commit.")] = 50,
-    max_commit_size: Annotated[str, typer.Option(help="Bytes per commit, e.g. 2GB.")] = "2GB",
+    revision: Annotated[str | None, typer.Option(help="Branch to commit to (default: main).")] = PublishSection.revision,
+    max_commit_files: Annotated[int, typer.Option(help="Files per commit.")] = PublishSection.max_commit_files,
+    max_commit_size: Annotated[str, typer.Option(help="Bytes per commit, e.g. 2GB.")] = PublishSection.max_commit_size,
 ) -> None:
     """Upload a published folder to the Hub (token from HF_TOKEN or `hf auth login`; HF_ENDPOINT honoured)."""
     from longblocks.publish import parse_size
@@ -466,34 +485,38 @@ def push_cmd(
          max_bytes=parse_size(max_commit_size), log=lambda line: console.print(line, highlight=False, soft_wrap=True))
 
 
-@app.command()
+def print_run(manifests: dict[str, Any], out: Path) -> None:
+    """Every stage's summary; a stage that kept nothing ended the run, and says so."""
+    for stage, manifest in manifests.items():
+        print_manifest(manifest, out / stage)
+        _print_backend_stats(manifest)
+    last = list(manifests.values())[-1] if manifests else None
+    if last is not None and last["outputs"]["kept"] == 0:
+        console.print(f"[yellow]stopped after {last['stage']}[/]: it kept nothing, so no later stage has input "
+                      "(its rejections above say why)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly_errors
 def run(
+    ctx: typer.Context,
     pipeline: Annotated[Path, typer.Argument(help="Pipeline file, e.g. pipelines/quickstart.toml.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value: section.key=VALUE (TOML value).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="The same as --section.key=VALUE.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Run every stage a pipeline file declares; re-running resumes each stage where it stopped."""
-    import tomllib
+    """Run every stage a pipeline file declares; re-running resumes each stage where it stopped.
 
+    Override any value after the file as `--section.key=VALUE` (a TOML value; bare words are strings), as
+    `dgrpo-train` takes them: `longblocks run pipelines/arxiv.toml --source.per_language=50000`.
+    """
     from longblocks.config import load_pipeline
     from longblocks.pipeline import run_pipeline
 
-    overrides: dict[str, Any] = {}
-    for item in set_ or []:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise LongBlocksError(f"--set expects section.key=VALUE, got {item!r}")
-        try:
-            overrides[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key] = raw  # a bare string
-    cfg = load_pipeline(pipeline, overrides)
+    cfg = load_pipeline(pipeline, [*ctx.args, *(f"--{item}" for item in set_ or [])])
     with progress_bars() as progress:
         manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
-    for stage, manifest in manifests.items():
-        print_manifest(manifest, cfg.out / stage)
-    if cfg.publish.repo_id:
+    print_run(manifests, cfg.out)
+    if cfg.publish.repo_id and manifests and list(manifests.values())[-1]["outputs"]["kept"] > 0:
         from longblocks.pipeline import run_publish
 
         summary = run_publish(cfg)
@@ -505,10 +528,8 @@ def run(
 @friendly_errors
 def inspect(stage_dir: Annotated[Path, typer.Argument(help="A stage directory.")]) -> None:
     """Print a stage directory's manifest: counts kept and rejected per reason, parameters, versions."""
-    from longblocks.store import MANIFEST, read_manifest
+    from longblocks.manifest import read_manifest
 
-    if not (stage_dir / MANIFEST).exists():
-        raise LongBlocksError(f"{stage_dir} has no {MANIFEST}: not a stage directory")
     manifest = read_manifest(stage_dir)
     print_manifest(manifest, stage_dir)
     Console().print_json(json.dumps({k: manifest[k] for k in ("status", "parameters", "versions")}))

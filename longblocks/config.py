@@ -1,32 +1,27 @@
-"""Every configuration of the pipeline in one light module: each stage's dataclass with its defaults
-and its own validation, the `[section]`s of a pipeline file, and `load_pipeline`. The command line
-takes its defaults from here, so a flag and its TOML key can never disagree. Must not run stages
-or import heavy libraries (the CLI imports it for `--help`).
+"""Every option of the pipeline in one light module: each stage's dataclass with its defaults and
+its own validation, the `[section]`s of a pipeline file, and `load_pipeline`. Values only: sources
+(`sources.open_source`) and backends (`backends.build_backend`) are built where they live. The
+command line takes its defaults from here (a test compares every flag with its TOML key). Must not
+run stages or import heavy libraries (the CLI imports it for `--help`).
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from longblocks.backends import Backend, RequestCache, Sampling, make_backend
 from longblocks.errors import LongBlocksError
+from longblocks.manifest import STAGES
+from longblocks.options import apply_overrides, build, read_file
 
-# The stages in pipeline order; each one's directory, manifest `stage` and `[section]` carry this name.
-STAGES = ("sample", "select", "dedup", "generate", "judge", "respond")
 QUESTION_TYPES = ("summary", "multi_part_retrieval", "multi_hop", "comprehensive", "classification")
-
-# The judge's sampling in every command that runs it (`judge`, `run`, `generate --judge-model`):
-# temperature and top_p of the thinking-mode settings on the card of the paper's judge model
-# (Qwen3-Next-80B-A3B-Thinking); its top_k=20 goes in `extra` for servers that take it (vLLM).
-JUDGE_SAMPLING = Sampling(temperature=0.6, top_p=0.95, max_tokens=16384, seed=0)
+PART_SIZE = 500  # inputs per committed part (the resume granularity): the one default of every stage
 
 
 @dataclass(frozen=True)
 class SelectConfig:
-    tokenizer: str
+    tokenizer: str = "approx"  # local path or Hub id (the student's), or approx (words and punctuation; demos)
     min_tokens: int = 4096
     max_tokens: int = 131072
     max_repeated_line_fraction: float = 0.3
@@ -36,6 +31,7 @@ class SelectConfig:
     # Length bins in tokens, as edges: [8k, 16k), [16k, 32k), [32k, 64k), [64k, 128k]; quotas per bin
     # (`[source] bin_quotas`) count documents by the bin their token count falls in.
     bins: tuple[int, ...] = (8192, 16384, 32768, 65536, 131072)
+    batch_size: int = 32  # documents tokenized per call (the output does not depend on it)
 
     def __post_init__(self) -> None:
         if self.min_tokens < 0 or self.max_tokens < self.min_tokens:
@@ -99,7 +95,7 @@ class GenerateConfig:
 
 @dataclass
 class SourceConfig:
-    name: str
+    name: str = ""  # a registry name (`longblocks sources`) or local:PATH
     languages: list[str] | None = None
     per_language: int | None = None
     quotas: dict[str, int] | None = None
@@ -131,20 +127,6 @@ class SourceConfig:
             return {lang: self.per_language for lang in self.languages}
         return None
 
-    def source(self) -> Any:
-        options: dict[str, Any] = {"include": self.include, "recursive": self.recursive, "revision": self.revision}
-        if self.text_field:
-            options["text_field"] = self.text_field
-        if self.max_bytes:
-            options["max_bytes"] = self.max_bytes
-        if self.hub_id:
-            options["hub_id"] = self.hub_id
-        if self.name == "stack-edu":
-            options.update(contents=self.stack_edu_contents, contents_concurrency=self.stack_edu_concurrency)
-        from longblocks.sources import resolve_source
-
-        return resolve_source(self.name, **options)
-
 
 @dataclass
 class BackendConfig:
@@ -167,21 +149,6 @@ class BackendConfig:
     max_model_len: int | None = None
     cache: str | None = None  # sqlite path; default: requests.sqlite in the stage directory
 
-    def sampling(self) -> Sampling:
-        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed,
-                        extra=dict(self.extra))
-
-    def build(self, stage_dir: Path) -> Backend:
-        cache = RequestCache(Path(self.cache) if self.cache else stage_dir.parent / f"{stage_dir.name}.requests.sqlite")
-        from longblocks.local_models import resolve_model
-
-        return make_backend(
-            self.backend, resolve_model(self.model), base_url=self.base_url, api_key_env=self.api_key_env,
-            sampling=self.sampling(), concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries,
-            cache=cache, tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len,
-            batch_size=self.batch_size,
-        )
-
 
 @dataclass
 class GenerateSection(BackendConfig):
@@ -192,12 +159,15 @@ class GenerateSection(BackendConfig):
 
 @dataclass
 class JudgeSection(BackendConfig):
-    """The judge's endpoint; its sampling defaults to `JUDGE_SAMPLING` in every command."""
+    """The judge's endpoint and sampling, the same in every command that runs it (`filter`, `run`,
+    `generate --judge-model`): temperature and top_p of the thinking-mode settings on the card of
+    the paper's judge model (Qwen3-Next-80B-A3B-Thinking); its top_k=20 goes in `extra` for
+    servers that take it (vLLM)."""
 
-    temperature: float = JUDGE_SAMPLING.temperature
-    top_p: float = JUDGE_SAMPLING.top_p
-    max_tokens: int = JUDGE_SAMPLING.max_tokens
-    seed: int | None = JUDGE_SAMPLING.seed
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 16384
+    seed: int | None = 0
     local_span_window: int = 0
     mode: str = "text"  # text: verdicts parsed from one completion; choice: constrained yes/no per check
 
@@ -234,6 +204,31 @@ class RespondSection:
 
 
 @dataclass
+class DedupSection:
+    """`[dedup]`: the MinHash parameters (`DedupConfig`, what the survivors depend on) and how the
+    work runs (hashing processes, where the LSH index lives), which does not change the output."""
+
+    ngram: int = DedupConfig.ngram
+    bands: int = DedupConfig.bands
+    rows: int = DedupConfig.rows
+    seed: int = DedupConfig.seed
+    threshold: float = DedupConfig.threshold
+    workers: int = 1
+    lsh_storage: str = "memory"  # memory | redis (datasketch's storage, for corpora beyond one machine)
+    redis_url: str | None = None
+
+    def __post_init__(self) -> None:
+        self.config()  # its own checks
+        if self.workers < 1:
+            raise LongBlocksError("dedup.workers must be at least 1")
+        if self.lsh_storage not in ("memory", "redis"):
+            raise LongBlocksError(f"dedup.lsh_storage must be memory or redis, got {self.lsh_storage!r}")
+
+    def config(self) -> DedupConfig:
+        return DedupConfig(**{f.name: getattr(self, f.name) for f in fields(DedupConfig)})
+
+
+@dataclass
 class PublishSection:
     """Hub-ready shards and card written after the last stage (`folder` empty: `<out>/publish`);
     `repo_id` empty: nothing is published. `push` uploads them (token from HF_TOKEN)."""
@@ -241,10 +236,25 @@ class PublishSection:
     repo_id: str = ""
     folder: str = ""
     pretty_name: str = "LongBlocks"
-    max_shard_size: str = "500MB"
+    max_shard_size: str = "500MB"  # Arrow bytes per shard, as `datasets` sizes them
+    row_group_rows: int = 100  # rows per parquet row group (the Hub's viewer wants small ones)
+    working_config: bool = False  # also a `working` config with the provenance columns
     license: str | None = None
     push: bool = False
     private: bool = False
+    revision: str | None = None  # the branch to push to (default: main)
+    max_commit_files: int = 50
+    max_commit_size: str = "2GB"
+
+
+@dataclass
+class RunSection:
+    out: str = ""
+    part_size: int = PART_SIZE
+
+    def __post_init__(self) -> None:
+        if self.part_size < 1:
+            raise LongBlocksError("run.part_size must be at least 1")
 
 
 @dataclass
@@ -252,54 +262,44 @@ class PipelineConfig:
     out: Path
     source: SourceConfig
     select: SelectConfig
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    dedup_workers: int = 1
+    dedup: DedupSection = field(default_factory=DedupSection)
     generate: GenerateSection = field(default_factory=GenerateSection)
     judge: JudgeSection = field(default_factory=JudgeSection)
     respond: RespondSection = field(default_factory=RespondSection)
     publish: PublishSection = field(default_factory=PublishSection)
-    part_size: int = 1000
+    part_size: int = PART_SIZE
 
 
-def _section(data: dict[str, Any], name: str, cls: type, **defaults: Any) -> Any:
-    values = {**defaults, **data.get(name, {})}
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise LongBlocksError(f"[{name}]: {exc}") from None
+SECTIONS: dict[str, type] = {"run": RunSection, "source": SourceConfig, "select": SelectConfig,
+                             "dedup": DedupSection, "generate": GenerateSection, "judge": JudgeSection,
+                             "respond": RespondSection, "publish": PublishSection}
+ALIASES = {"filter": "judge"}  # the design's name for the judge stage
 
 
-def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Parse a pipeline file; `overrides` maps "section.key" to a value (from the command line)."""
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """A pipeline file plus `--section.key=value` overrides, every section, key and type checked
+    (one line naming the file, the section and the key)."""
     path = Path(path)
     if not path.is_file():
         raise LongBlocksError(f"pipeline file {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise LongBlocksError(f"{path}: invalid TOML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        data.setdefault(section, {})[key] = value
-    if "filter" in data:
-        raise LongBlocksError(f"{path}: the [filter] section is now called [judge] (the stage's one name)")
-    unknown = set(data) - {"run", "source", "publish", *STAGES}
+        data = apply_overrides(read_file(path), list(overrides or []))
+    except ValueError as exc:
+        raise LongBlocksError(str(exc)) from None
+    for alias, name in ALIASES.items():
+        if alias in data:
+            if name in data:
+                raise LongBlocksError(f"{path}: [{alias}] and [{name}] are the same section; keep one")
+            data[name] = data.pop(alias)
+    unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise LongBlocksError(f"{path}: unknown section(s) {sorted(unknown)}; expected run, source, {', '.join(STAGES)}")
-    run = data.get("run", {})
-    if "out" not in run:
+        raise LongBlocksError(f"{path}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)} "
+                              f"([filter] is [judge])")
+    sections = {name: build(cls, data.get(name, {}), f"{path} [{name}]", LongBlocksError)
+                for name, cls in SECTIONS.items() if name != "source" or "source" in data}
+    if not sections["run"].out:
         raise LongBlocksError(f"{path}: [run] needs out = \"DIR\"")
-    if "name" not in data.get("source", {}):
+    if "source" not in sections or not sections["source"].name:
         raise LongBlocksError(f"{path}: [source] needs name = \"arxiv\" | ... | \"local:PATH\"")
-    return PipelineConfig(
-        out=Path(run["out"]),
-        source=_section(data, "source", SourceConfig),
-        select=_section(data, "select", SelectConfig, tokenizer="approx"),
-        dedup=_section({"dedup": {k: v for k, v in data.get("dedup", {}).items() if k != "workers"}}, "dedup", DedupConfig),
-        dedup_workers=int(data.get("dedup", {}).get("workers", 1)),
-        generate=_section(data, "generate", GenerateSection),
-        judge=_section(data, "judge", JudgeSection),
-        respond=_section(data, "respond", RespondSection),
-        publish=_section(data, "publish", PublishSection),
-        part_size=int(run.get("part_size", 1000)),
-    )
+    run = sections.pop("run")
+    return PipelineConfig(out=Path(run.out), part_size=run.part_size, **sections)

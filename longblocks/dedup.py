@@ -21,22 +21,15 @@ import pyarrow as pa
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from longblocks.config import DedupConfig
+from longblocks.config import DedupConfig, PipelineConfig
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA, REJECTION_SCHEMA
 from longblocks.sources import is_code
 from longblocks.text import normalize_text
+from longblocks.manifest import DedupStats
 from longblocks.store import (
-    Outcome,
-    Progress,
-    Rejection,
-    StageWriter,
-    count_rows,
-    input_files,
-    no_progress,
-    read_records,
-    run_stage,
-    write_table_atomic,
+    PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, batched, input_files, read_records,
+    run_stage, write_table_atomic,
 )
 
 SCHEME = "affine32"  # datasketch >= 2.0 default; sketches of other schemes are not comparable
@@ -230,6 +223,67 @@ def find_duplicates(
     return DedupResult(survivors, jaccards, sizes, len(pairs), verified)
 
 
+class SignatureStage(Stage):
+    """MinHash signatures of the input documents, a resumable sub-stage (`OUT/signatures`), hashed
+    in `workers` processes."""
+
+    name = "minhash"
+    schema = SIGNATURE_SCHEMA
+    columns = [f.name for f in DOCUMENT_SCHEMA]
+
+    def __init__(self, cfg: DedupConfig, workers: int) -> None:
+        self.cfg, self.workers = cfg, workers
+        self.pool = get_context("spawn").Pool(workers) if workers > 1 else None
+
+    def parameters(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
+        for batch in batched(items, 16 * max(self.workers, 1) * 4):
+            if self.pool is None:
+                yield from (Outcome(d["id"], kept=[sketch(d, self.cfg)]) for d in batch)
+                continue
+            chunks = [(batch[i : i + 8], self.cfg) for i in range(0, len(batch), 8)]
+            yield from (Outcome(s["id"], kept=[s]) for part in self.pool.map(_sketch_batch, chunks) for s in part)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+class DedupStage(Stage):
+    """Each input document kept, or rejected as a near-duplicate of its cluster's survivor."""
+
+    name = "dedup"
+    schema = DOCUMENT_SCHEMA
+    rejection_schema = DEDUP_REJECTION_SCHEMA
+    columns = [f.name for f in DOCUMENT_SCHEMA]
+
+    def __init__(self, cfg: DedupConfig, result: DedupResult) -> None:
+        self.cfg, self.result = cfg, result
+        self.files: Sequence[Path] = ()
+
+    def parameters(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def prepare(self, files: Sequence[Path]) -> None:
+        self.files = files
+
+    def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
+        for doc in items:
+            keep = self.result.survivors.get(doc["id"], doc["id"])
+            if keep == doc["id"]:
+                yield Outcome(doc["id"], kept=[doc])
+                continue
+            score = self.result.jaccard_to_survivor[doc["id"]]
+            yield Outcome(doc["id"], rejected=[Rejection(doc["id"], "near_duplicate", f"jaccard {score:.3f} with {keep}",
+                                                         fields={"cluster_id": keep, "survivor_id": keep, "jaccard": score})])
+
+    def stats(self, out_dir: Path) -> DedupStats:
+        return _write_clusters(list(self.files), out_dir, self.result, self.cfg)
+
+
 def dedup(
     in_path: str | Path | Sequence[str | Path],
     out_dir: str | Path,
@@ -238,7 +292,7 @@ def dedup(
     workers: int = 1,
     storage: str = "memory",
     redis_url: str | None = None,
-    part_size: int = 1000,
+    part_size: int = PART_SIZE,
     overwrite: bool = False,
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -247,71 +301,31 @@ def dedup(
     `rejected/` with their cluster, survivor and measured Jaccard; `clusters.parquet` lists every
     document's cluster."""
     inputs = [in_path] if isinstance(in_path, (str, Path)) else list(in_path)
-    files = [f for path in inputs for f in input_files(path)]
     out_dir = Path(out_dir)
-    total = count_rows(files)
-    params = {**asdict(cfg), "inputs": [str(Path(f).resolve()) for f in files]}
-    progress = on_progress or no_progress
-
-    def documents() -> Iterator[dict[str, Any]]:
-        return read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA])
-
     # 1. Signatures, resumable like any stage (hashing is the expensive part).
-    progress("minhash", 0, total)
-    _write_signatures(documents(), out_dir / "signatures", cfg, params, workers=workers, part_size=part_size,
-                      overwrite=overwrite, on_progress=lambda n: progress("minhash", n, None))
-
+    run_stage(SignatureStage(cfg, workers), inputs, out_dir / "signatures", part_size=part_size, overwrite=overwrite,
+              progress=on_progress)
     # 2-3. Candidates and verified clusters (recomputed on restart: cheap next to hashing).
+    files = [f for path in inputs for f in input_files(path)]
     result = find_duplicates(
-        read_records(input_files(out_dir / "signatures")), documents, cfg, storage=storage, redis_url=redis_url
-    )
-
+        read_records(input_files(out_dir / "signatures")),
+        lambda: read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]), cfg, storage=storage,
+        redis_url=redis_url)
     # 4. Outputs.
-    writer = StageWriter(out_dir, stage="dedup", schema=DOCUMENT_SCHEMA, params=params, inputs=[str(f) for f in files],
-                         part_size=part_size, overwrite=overwrite, rejection_schema=DEDUP_REJECTION_SCHEMA)
-
-    def decide(batch: list[dict[str, Any]]) -> list[Outcome]:
-        outcomes = []
-        for doc in batch:
-            keep = result.survivors.get(doc["id"], doc["id"])
-            if keep == doc["id"]:
-                outcomes.append(Outcome(doc["id"], kept=[doc]))
-                continue
-            score = result.jaccard_to_survivor[doc["id"]]
-            rejection = Rejection(
-                doc["id"], "near_duplicate", f"jaccard {score:.3f} with {keep}",
-                fields={"cluster_id": keep, "survivor_id": keep, "jaccard": score},
-            )
-            outcomes.append(Outcome(doc["id"], rejected=[rejection]))
-        return outcomes
-
-    progress("write", 0, total)
-    run_stage(documents(), writer, decide, on_progress=lambda n: progress("write", n, None))
-    return writer.finish(dedup=_write_clusters(files, out_dir, result, cfg))
+    return run_stage(DedupStage(cfg, result), inputs, out_dir, part_size=part_size, overwrite=overwrite,
+                     progress=on_progress)
 
 
-def _write_signatures(documents: Iterator[dict[str, Any]], out_dir: Path, cfg: DedupConfig, params: dict[str, Any], *,
-                      workers: int, part_size: int, overwrite: bool, on_progress: Callable[[int], None]) -> None:
-    """MinHash signatures as a resumable sub-stage, hashed in `workers` processes."""
-    writer = StageWriter(out_dir, stage="minhash", schema=SIGNATURE_SCHEMA, params=params, part_size=part_size,
-                         overwrite=overwrite)
-    pool = get_context("spawn").Pool(workers) if workers > 1 else None
-
-    def process(batch: list[dict[str, Any]]) -> list[Outcome]:
-        if pool is None:
-            return [Outcome(d["id"], kept=[sketch(d, cfg)]) for d in batch]
-        chunks = [(batch[i : i + 8], cfg) for i in range(0, len(batch), 8)]
-        return [Outcome(s["id"], kept=[s]) for part in pool.map(_sketch_batch, chunks) for s in part]
-
-    try:
-        run_stage(documents, writer, process, batch_size=16 * max(workers, 1) * 4, on_progress=on_progress)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+def step(cfg: PipelineConfig) -> Step:
+    """`[dedup]` as a pipeline stage."""
+    section = cfg.dedup
+    return Step("dedup", lambda inputs, out_dir, **options: dedup(
+        inputs, out_dir, section.config(), workers=section.workers, storage=section.lsh_storage,
+        redis_url=section.redis_url, part_size=options["part_size"], overwrite=options["overwrite"],
+        on_progress=options["progress"]))
 
 
-def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: DedupConfig) -> dict[str, Any]:
+def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: DedupConfig) -> DedupStats:
     """`clusters.parquet` and the manifest's dedup report (parameters, versions, counts per source)."""
     clusters = []
     by_source: dict[str, Counter[str]] = defaultdict(Counter)
@@ -321,20 +335,20 @@ def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: 
         by_source[row["source"]]["input"] += 1
         by_source[row["source"]]["kept" if keep == row["id"] else "removed"] += 1
     write_table_atomic(pa.Table.from_pylist(clusters, schema=CLUSTERS_SCHEMA), out_dir / "clusters.parquet")
-    return {
-        "parameters": {
+    return DedupStats(
+        parameters={
             **asdict(cfg),
             "num_perm": cfg.num_perm,
             "shingle": "word n-grams after normalization; code: token n-grams (identifiers, punctuation, case kept)",
             "normalization": "NFKD, accents removed, lowercase, digits->0, punctuation removed, whitespace collapsed",
             "detection_probability_at_threshold": round(cfg.detection_probability_at_threshold, 4),
         },
-        "datasketch_version": metadata.version("datasketch"),
-        "hashing_scheme": SCHEME,
-        "shingle_hashing": SHINGLE_HASHING,
-        "keep_rule": "longest document per cluster, ties to the smallest id",
-        "candidate_pairs": result.candidate_pairs,
-        "verified_pairs": result.verified_pairs,
-        "clusters": len(result.cluster_sizes),
-        "by_source": {source: dict(counts) for source, counts in sorted(by_source.items())},
-    }
+        datasketch_version=metadata.version("datasketch"),
+        hashing_scheme=SCHEME,
+        shingle_hashing=SHINGLE_HASHING,
+        keep_rule="longest document per cluster, ties to the smallest id",
+        candidate_pairs=result.candidate_pairs,
+        verified_pairs=result.verified_pairs,
+        clusters=len(result.cluster_sizes),
+        by_source={source: dict(counts) for source, counts in sorted(by_source.items())},
+    )

@@ -6,17 +6,19 @@ passes and records reason codes for what fails. Must not rewrite questions or an
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from longblocks.backends import Backend, Completion, Messages
+from longblocks.backends import Backend, Completion, Messages, opened_backend
+from longblocks.config import JudgeSection, PipelineConfig
 from longblocks.errors import LongBlocksError
+from longblocks.manifest import LLMStats, llm_stats
 from longblocks.records import qa_schema, response_models
-from longblocks.store import Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records
+from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
 from longblocks.text import normalize_text, prompt_hashes, prompt_text
 
 CHECKS = {  # check -> reason code when it fails
@@ -211,54 +213,67 @@ def judge_outcomes(records: list[dict[str, Any]], completion: Completion, *, loc
     return outcomes
 
 
-def _groups(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive records of the same document (the generate stage writes them together)."""
-    group: list[dict[str, Any]] = []
-    for record in records:
-        if group and record["doc_id"] != group[0]["doc_id"]:
-            yield group
-            group = []
-        group.append(record)
-    if group:
-        yield group
-
-
-def judge_qa(
-    in_path: str | Path, out_dir: str | Path, backend: Backend, *, local_span_window: int = 0, part_size: int = 500,
-    overwrite: bool = False, on_progress: Progress | None = None, mode: str = "text",
-) -> dict[str, Any]:
-    """QA records of IN judged into OUT: passes kept with their verdict, failures in `rejected/`.
+class JudgeStage(Stage):
+    """QA records judged a document at a time: passes kept with their verdict, failures rejected.
     Mode "text": one request per document, the verdicts parsed from the judge's text; mode
     "choice": each check of each pair a constrained yes/no (backends with `choose`: transformers),
     calibrated against a content-free pair, for models too small to write the verdict format."""
-    if mode not in JUDGE_MODES:
-        raise LongBlocksError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
-    if mode == "choice" and not hasattr(backend, "choose"):
-        raise LongBlocksError(f"judge mode \"choice\" needs a backend that scores choices (transformers); "
-                              f"{backend.name} answers in text only: use mode \"text\"")
-    files = input_files(in_path)
-    prompt = "judge_check" if mode == "choice" else "judge"
-    provenance = {**backend.describe(), "mode": mode, "prompt_sha256": prompt_hashes([prompt]),
-                  "local_span_window": local_span_window}
-    params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
-    schema = qa_schema(response_models(pq.ParquetFile(files[0]).schema_arrow.names))
-    writer = StageWriter(out_dir, stage="judge", schema=schema, params=params, inputs=[str(f) for f in files],
-                         part_size=part_size, overwrite=overwrite)
-    progress = on_progress or no_progress
-    progress("judge", 0, count_rows(files))
-    baselines = choice_baselines(backend) if mode == "choice" else None
-    if baselines is not None:
-        provenance["content_free_p_yes"] = {check: round(p, 4) for check, p in baselines.items()}
-    groups = (g for g in _groups(read_records(files)) if not all(writer.is_consumed(r["id"]) for r in g))
-    kept = failed = 0
-    judged = (((group, Completion(), verdicts) for group, verdicts in choice_verdicts(backend, groups, baselines or {}))
-              if mode == "choice" else ((group, completion, None)
-                                        for group, completion in backend.map_ordered(groups, judge_messages)))
-    for group, completion, verdicts in judged:
-        for outcome in judge_outcomes(group, completion, local_span_window=local_span_window, verdicts=verdicts):
-            writer.add(outcome)
-            kept += len(outcome.kept)
-            failed += len(outcome.rejected)
-        progress("judge", len(group), None, kept=kept, rejected=failed, in_flight=backend.stats.in_flight)
-    return writer.finish(judge=provenance)
 
+    name = "judge"
+    group_by = "doc_id"  # the generate stage writes a document's pairs together
+    units = ("pairs", "pairs", "pairs")
+
+    def __init__(self, backend: Backend, *, local_span_window: int = 0, mode: str = "text") -> None:
+        if mode not in JUDGE_MODES:
+            raise LongBlocksError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
+        if mode == "choice" and not hasattr(backend, "choose"):
+            raise LongBlocksError(f"judge mode \"choice\" needs a backend that scores choices (transformers); "
+                                  f"{backend.name} answers in text only: use mode \"text\"")
+        self.backend, self.local_span_window, self.mode = backend, local_span_window, mode
+        self.settings: dict[str, Any] = {"mode": mode, "local_span_window": local_span_window,
+                                         "prompt_sha256": prompt_hashes(["judge_check" if mode == "choice" else "judge"])}
+
+    def parameters(self) -> dict[str, Any]:
+        return {**self.backend.describe(), **self.settings}
+
+    def prepare(self, files: Sequence[Path]) -> None:
+        self.schema = qa_schema(response_models(pq.ParquetFile(files[0]).schema_arrow.names))
+
+    def process(self, items: Iterator[list[dict[str, Any]]], writer: StageWriter) -> Iterator[Outcome]:
+        if self.mode == "choice":
+            baselines = choice_baselines(self.backend)
+            self.settings["content_free_p_yes"] = {check: round(p, 4) for check, p in baselines.items()}
+            judged = ((group, Completion(), verdicts) for group, verdicts in choice_verdicts(self.backend, items, baselines))
+        else:
+            judged = ((group, completion, None) for group, completion in self.backend.map_ordered(items, judge_messages))
+        for group, completion, verdicts in judged:
+            yield from judge_outcomes(group, completion, local_span_window=self.local_span_window, verdicts=verdicts)
+
+    def status(self) -> dict[str, int]:
+        return {"in_flight": self.backend.stats.in_flight}
+
+    def stats(self, out_dir: Path) -> LLMStats:
+        return llm_stats(self.backend.describe(), **self.settings)
+
+
+def judge_qa(
+    in_path: str | Path, out_dir: str | Path, backend: Backend, *, local_span_window: int = 0,
+    part_size: int = PART_SIZE, overwrite: bool = False, on_progress: Progress | None = None, mode: str = "text",
+) -> dict[str, Any]:
+    """QA records of IN judged into OUT (see `JudgeStage`)."""
+    return run_stage(JudgeStage(backend, local_span_window=local_span_window, mode=mode), [in_path], out_dir,
+                     part_size=part_size, overwrite=overwrite, progress=on_progress)
+
+
+def judge_with(section: JudgeSection, inputs: list[Path], out_dir: Path, **options: Any) -> dict[str, Any]:
+    """The judge stage with the section's backend: the one path `filter`, `run` and `generate` take."""
+    with opened_backend(section, out_dir, where="[judge] ") as backend:
+        stage = JudgeStage(backend, local_span_window=section.local_span_window, mode=section.mode)
+        return run_stage(stage, inputs, out_dir, **options)
+
+
+def step(cfg: PipelineConfig) -> Step | None:
+    """`[judge]` (or `[filter]`) as a pipeline stage (none without a judge model)."""
+    if not cfg.judge.model:
+        return None
+    return Step("judge", lambda inputs, out_dir, **options: judge_with(cfg.judge, inputs, out_dir, **options))

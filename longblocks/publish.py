@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from longblocks.errors import LongBlocksError
 from longblocks.records import PROVENANCE_COLUMNS, published_column_names, response_columns
 from longblocks.sources import CODE_LANGUAGES, REGISTRY
-from longblocks.store import MANIFEST, STAGES, count_rows, input_files, read_manifest
+from longblocks.manifest import MANIFEST, STAGES, LLMStats, SampleStats, read_manifest, stage_stats
+from longblocks.store import count_rows, input_files
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -59,9 +60,10 @@ def _table_columns(files: list[Path], working: bool) -> list[str]:
 
 
 def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_size: int, row_group_rows: int,
-                 split: str = "train", subdir: str = "data") -> list[Path]:
+                 split: str = "train", subdir: str = "data") -> tuple[list[Path], int]:
     """Contiguous shards, as `datasets.push_to_hub` sizes them: ceil(arrow bytes / max) shards with
-    rows split evenly, written in input order (two streaming passes, bounded memory)."""
+    rows split evenly, written in input order (two streaming passes, bounded memory); returns the
+    shards and the Arrow bytes of the columns (the dataset_info's `num_bytes`)."""
     total_bytes = 0
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=1024):
@@ -102,7 +104,18 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
         open_writer(i).close()
     for p in paths:
         os.replace(p.with_suffix(".tmp"), p)
-    return paths
+    return paths, total_bytes
+
+
+def dataset_info(shards: list[Path], num_bytes: int) -> Any:
+    """The `datasets.DatasetInfo` of one config's train split (features, examples, sizes), as
+    `push_to_hub` computes it for the card's `dataset_info` (what the Hub's viewer reads)."""
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+
+    splits = SplitDict()
+    splits.add(SplitInfo(name="train", num_bytes=num_bytes, num_examples=count_rows(shards)))
+    return DatasetInfo(features=Features.from_arrow_schema(pq.ParquetFile(shards[0]).schema_arrow), splits=splits,
+                       download_size=sum(p.stat().st_size for p in shards), dataset_size=num_bytes)
 
 
 def _license(source_names: list[str], override: str | None) -> tuple[str, str]:
@@ -121,8 +134,12 @@ def _license(source_names: list[str], override: str | None) -> tuple[str, str]:
     return license_id, text
 
 
+def _flat(stats: LLMStats | None) -> dict[str, Any] | None:
+    return stats.flat() if stats is not None else None
+
+
 def publish(
-    in_path: str | Path, out_dir: str | Path, *, repo_id: str = "ORG/NAME", pretty_name: str = "LongBlocks",
+    in_path: str | Path, out_dir: str | Path, *, repo_id: str = "", pretty_name: str = "LongBlocks",
     max_shard_size: str | int = "500MB", row_group_rows: int = 100, working_config: bool = False,
     license: str | None = None,
 ) -> dict[str, Any]:
@@ -135,12 +152,14 @@ def publish(
     out.mkdir(parents=True, exist_ok=True)
     columns = _table_columns(files, working=False)
     max_bytes = parse_size(max_shard_size)
-    shards = write_shards(files, out, columns, max_shard_size=max_bytes, row_group_rows=row_group_rows)
+    shards, num_bytes = write_shards(files, out, columns, max_shard_size=max_bytes, row_group_rows=row_group_rows)
     configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}], "default": True}]
+    infos = {"default": dataset_info(shards, num_bytes)}
     if working_config:
-        write_shards(files, out, _table_columns(files, working=True), max_shard_size=max_bytes,
-                     row_group_rows=row_group_rows, subdir="working")
+        working, working_bytes = write_shards(files, out, _table_columns(files, working=True), max_shard_size=max_bytes,
+                                              row_group_rows=row_group_rows, subdir="working")
         configs.append({"config_name": "working", "data_files": [{"split": "train", "path": "working/train-*"}]})
+        infos["working"] = dataset_info(working, working_bytes)
 
     stats: dict[str, Counter[str]] = {"source": Counter(), "language": Counter(), "question_type": Counter()}
     doc_ids = set()
@@ -151,6 +170,7 @@ def publish(
         doc_ids.update(table["doc_id"].to_pylist())
     n_rows = sum(stats["source"].values())
     manifests = {s: read_manifest(run_dir / s) for s in STAGES if (run_dir / s / MANIFEST).exists()}
+    typed = {s: stage_stats(m) for s, m in manifests.items()}
     source_names = sorted(stats["source"])
     code = {lang for lang in stats["language"] if lang in CODE_LANGUAGES}  # programming languages: tags, body
     license_id, license_text = _license(source_names, license)
@@ -168,15 +188,17 @@ def publish(
     stages = [{"name": s, "consumed": m["inputs"]["consumed"], "kept": m["outputs"]["kept"],
                "rejected": ", ".join(f"{r} {n}" for r, n in m.get("rejected", {}).items())} for s, m in manifests.items()]
     final = manifests.get("respond") or manifests.get("judge") or manifests.get("generate") or {}
+    sample = typed.get("sample") or SampleStats()
+    from datasets.info import DatasetInfosDict
+
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)  # `dataset_info`, as push_to_hub writes it
     card = DatasetCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, n_rows=n_rows,
         n_documents=len(doc_ids), sources=sources, languages=stats["language"].most_common(),
         question_types=stats["question_type"].most_common(), stages=stages,
-        dedup=manifests.get("dedup", {}).get("dedup"), generation=manifests.get("generate", {}).get("generation"),
-        judge=manifests.get("judge", {}).get("judge"), license_text=license_text,
-        response_columns=response_columns(columns),
-        length_bins=[(k, n, manifests["sample"].get("unmet", {}).get(k, 0))
-                     for k, n in manifests.get("sample", {}).get("kept_by_quota", {}).items() if "/" in k],
+        dedup=typed.get("dedup"), generation=_flat(typed.get("generate")), judge=_flat(typed.get("judge")),
+        license_text=license_text, response_columns=response_columns(columns),
+        length_bins=[(k, n, sample.unmet.get(k, 0)) for k, n in sample.kept_by_quota.items() if "/" in k],
         versions=final.get("versions", {"longblocks": "?"}),
     )
     card.save(out / "README.md")

@@ -6,15 +6,17 @@ Must not judge quality beyond form: the judge stage does that.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from longblocks.backends import Backend, Completion, Messages
-from longblocks.config import GenerateConfig
+from longblocks.backends import Backend, Completion, Messages, opened_backend
+from longblocks.config import GenerateConfig, GenerateSection, PipelineConfig
+from longblocks.manifest import LLMStats, llm_stats
 from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema, response_column
-from longblocks.text import prompt_hashes, prompt_text
 from longblocks.sources import is_code
-from longblocks.store import Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records
+from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.text import prompt_hashes, prompt_text
 
 LANGUAGE_NAMES = {
     "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
@@ -152,31 +154,60 @@ def completion_outcome(
     return Outcome(doc_id, kept=kept, rejected=rejected)
 
 
+class GenerateStage(Stage):
+    """One request per document for all of its pairs of one question type; the parsed pairs kept,
+    everything malformed rejected with its reason."""
+
+    name = "generate"
+    schema = qa_schema()
+    columns = [f.name for f in DOCUMENT_SCHEMA]
+    units = ("documents", "pairs", "pairs")
+
+    def __init__(self, cfg: GenerateConfig, backend: Backend) -> None:
+        self.cfg, self.backend = cfg, backend
+        self.settings = {"question_types": list(cfg.question_types), "n_questions": cfg.n_questions,
+                         "code_qa_language": cfg.code_qa_language,
+                         "prompt_sha256": prompt_hashes(list(cfg.question_types))}
+
+    def parameters(self) -> dict[str, Any]:
+        return {**self.backend.describe(), **self.settings}
+
+    def messages(self, doc: dict[str, Any]) -> Messages:
+        return generation_messages(doc, question_type_for(doc["id"], self.cfg.question_types), self.cfg.n_questions,
+                                   self.cfg.code_qa_language)
+
+    def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
+        for doc, completion in self.backend.map_ordered(items, self.messages):
+            yield completion_outcome(doc, completion, question_type=question_type_for(doc["id"], self.cfg.question_types),
+                                     generator=self.backend.model)
+
+    def status(self) -> dict[str, int]:
+        return {"in_flight": self.backend.stats.in_flight, "cached": self.backend.stats.cached}
+
+    def stats(self, out_dir: Path) -> LLMStats:
+        return llm_stats(self.backend.describe(), **self.settings)
+
+
 def generate_qa(
-    in_path: str | Path, out_dir: str | Path, cfg: GenerateConfig, backend: Backend, *, part_size: int = 100,
+    in_path: str | Path, out_dir: str | Path, cfg: GenerateConfig, backend: Backend, *, part_size: int = PART_SIZE,
     overwrite: bool = False, on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Documents of IN -> QA records in OUT (resumable; finished requests live in the cache)."""
-    files = input_files(in_path)
-    provenance = {**backend.describe(), "question_types": list(cfg.question_types), "n_questions": cfg.n_questions,
-                  "code_qa_language": cfg.code_qa_language, "prompt_sha256": prompt_hashes(list(cfg.question_types))}
-    params = {**provenance, "inputs": [str(Path(f).resolve()) for f in files]}
-    writer = StageWriter(out_dir, stage="generate", schema=qa_schema(), params=params, inputs=[str(f) for f in files],
-                         part_size=part_size, overwrite=overwrite)
-    progress = on_progress or no_progress
-    progress("generate", 0, count_rows(files))
-    todo = (d for d in read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]) if not writer.is_consumed(d["id"]))
-    pairs_kept = pairs_rejected = 0
-    for doc, completion in backend.map_ordered(
-        todo, lambda d: generation_messages(d, question_type_for(d["id"], cfg.question_types), cfg.n_questions,
-                                            cfg.code_qa_language)
-    ):
-        outcome = completion_outcome(doc, completion, question_type=question_type_for(doc["id"], cfg.question_types),
-                                     generator=backend.model)
-        writer.add(outcome)
-        pairs_kept += len(outcome.kept)
-        pairs_rejected += len(outcome.rejected)
-        progress("generate", 1, None, pairs=pairs_kept, rejected=pairs_rejected, in_flight=backend.stats.in_flight,
-                 cached=backend.stats.cached)
-    return writer.finish(generation=provenance)
+    return run_stage(GenerateStage(cfg, backend), [in_path], out_dir, part_size=part_size, overwrite=overwrite,
+                     progress=on_progress)
 
+
+def generate_with(section: GenerateSection, inputs: list[Path], out_dir: Path, **options: Any) -> dict[str, Any]:
+    """The generate stage with the section's backend (closed afterwards): the one path every
+    command that generates takes, so the same section sends the same requests."""
+    cfg = GenerateConfig(question_types=tuple(section.question_types), n_questions=section.n_questions,
+                         code_qa_language=section.code_qa_language)
+    with opened_backend(section, out_dir, where="[generate] ") as backend:
+        return run_stage(GenerateStage(cfg, backend), inputs, out_dir, **options)
+
+
+def step(cfg: PipelineConfig) -> Step | None:
+    """`[generate]` as a pipeline stage (none without a generator model: the run ends at dedup)."""
+    if not cfg.generate.model:
+        return None
+    return Step("generate", lambda inputs, out_dir, **options: generate_with(cfg.generate, inputs, out_dir, **options))

@@ -97,8 +97,6 @@ def qa_schema(response_models: list[str] | tuple[str, ...] = (), *, provenance: 
     return pa.schema(fields)
 
 
-QA_SCHEMA = qa_schema()
-
 
 def content_id(*parts: str) -> str:
     """Stable id from content: sha256 over the parts (NUL-separated), 32 hex characters.

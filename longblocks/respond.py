@@ -7,16 +7,18 @@ the row: the row is kept with the column empty. Must not judge or rewrite questi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from longblocks.backends import Backend, Completion, Messages
+from longblocks.backends import Backend, Completion, Messages, build_backend
+from longblocks.config import PipelineConfig, RespondSection
 from longblocks.errors import LongBlocksError
+from longblocks.manifest import RespondStats, llm_stats
 from longblocks.records import content_id, qa_schema, reasoning_column, response_column, response_models
-from longblocks.store import Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records
+from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
 from longblocks.text import prompt_hashes, prompt_text
 
 Answers = dict[str, Completion]
@@ -53,35 +55,71 @@ def _answered(stream: Iterable[tuple[dict[str, Any], Answers]], name: str,
         yield record, {**answers, name: completion}
 
 
+class RespondStage(Stage):
+    """Every QA record with each responder's answer (see the module docstring)."""
+
+    name = "respond"
+    units = ("pairs", "pairs", "responses")
+
+    def __init__(self, responders: dict[str, Backend]) -> None:
+        if not responders:
+            raise LongBlocksError("respond needs at least one responder")
+        self.responders = responders
+
+    def provenance(self) -> dict[str, dict[str, Any]]:
+        return {name: {**backend.describe(), "column": response_column(name)} for name, backend in self.responders.items()}
+
+    def parameters(self) -> dict[str, Any]:
+        return {"responders": self.provenance(), "prompt_sha256": prompt_hashes(["respond"])}
+
+    def prepare(self, files: Sequence[Path]) -> None:
+        existing = response_models(pq.ParquetFile(files[0]).schema_arrow.names)
+        mine = [response_column(n)[len("response_"):] for n in self.responders]
+        clash = sorted(set(existing) & set(mine))
+        if clash:
+            raise LongBlocksError(f"{files[0].parent} already has response column(s) for {clash}")
+        self.schema = qa_schema([*existing, *mine])
+
+    def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
+        stream: Iterable[tuple[dict[str, Any], Answers]] = ((r, {}) for r in items)
+        for name, backend in self.responders.items():
+            stream = _answered(stream, name, backend)
+        for record, answers in stream:
+            yield response_outcome(record, answers)
+
+    def status(self) -> dict[str, int]:
+        return {"in_flight": sum(b.stats.in_flight for b in self.responders.values())}
+
+    def stats(self, out_dir: Path) -> RespondStats:
+        return RespondStats({name: llm_stats(backend.describe(), column=response_column(name),
+                                             prompt_sha256=prompt_hashes(["respond"]))
+                             for name, backend in self.responders.items()})
+
+
 def respond(
-    in_path: str | Path, out_dir: str | Path, responders: dict[str, Backend], *, part_size: int = 500,
+    in_path: str | Path, out_dir: str | Path, responders: dict[str, Backend], *, part_size: int = PART_SIZE,
     overwrite: bool = False, on_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """QA records of IN with each responder's answer into OUT (resumable; answers live in the caches)."""
-    if not responders:
-        raise LongBlocksError("respond needs at least one responder")
-    files = input_files(in_path)
-    existing = response_models(pq.ParquetFile(files[0]).schema_arrow.names)
-    clash = sorted(set(existing) & {response_column(n)[len("response_"):] for n in responders})
-    if clash:
-        raise LongBlocksError(f"{in_path} already has response column(s) for {clash}")
-    names = [*existing, *(response_column(n)[len("response_"):] for n in responders)]
-    provenance = {name: {**backend.describe(), "column": response_column(name)} for name, backend in responders.items()}
-    params = {"responders": provenance, "prompt_sha256": prompt_hashes(["respond"]),
-              "inputs": [str(Path(f).resolve()) for f in files]}
-    writer = StageWriter(out_dir, stage="respond", schema=qa_schema(names), params=params,
-                         inputs=[str(f) for f in files], part_size=part_size, overwrite=overwrite)
-    progress = on_progress or no_progress
-    progress("respond", 0, count_rows(files))
-    stream: Iterable[tuple[dict[str, Any], Answers]] = (
-        (r, {}) for r in read_records(files) if not writer.is_consumed(r["id"]))
-    for name, backend in responders.items():
-        stream = _answered(stream, name, backend)
-    failed = 0
-    for record, answers in stream:
-        outcome = response_outcome(record, answers)
-        failed += len(outcome.rejected)
-        writer.add(outcome)
-        progress("respond", 1, None, failed_responses=failed,
-                 in_flight=sum(b.stats.in_flight for b in responders.values()))
-    return writer.finish(responders=provenance)
+    return run_stage(RespondStage(responders), [in_path], out_dir, part_size=part_size, overwrite=overwrite,
+                     progress=on_progress)
+
+
+def respond_with(section: RespondSection, inputs: list[Path], out_dir: Path, **options: Any) -> dict[str, Any]:
+    """The respond stage with one backend per responder (each with its own request cache)."""
+    backends: dict[str, Backend] = {}
+    try:
+        for responder in section.responders:
+            backends[responder.name] = build_backend(responder, out_dir.parent / f"{out_dir.name}.{responder.name}",
+                                                     where=f"[respond] {responder.name}: ")
+        return run_stage(RespondStage(backends), inputs, out_dir, **options)
+    finally:
+        for backend in backends.values():
+            backend.close()
+
+
+def step(cfg: PipelineConfig) -> Step | None:
+    """`[[respond.responders]]` as a pipeline stage (none without responders)."""
+    if not cfg.respond.responders:
+        return None
+    return Step("respond", lambda inputs, out_dir, **options: respond_with(cfg.respond, inputs, out_dir, **options))

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from longblocks.config import SelectConfig
+from longblocks.config import PipelineConfig, SelectConfig
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA
 from longblocks.sources import is_code
-from longblocks.store import (
-    Outcome, Progress, Rejection, StageWriter, count_rows, input_files, no_progress, read_records, run_stage,
-)
+from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, batched, run_stage
 
 TokenCounter = Callable[[list[str]], list[int]]
 
@@ -129,28 +127,42 @@ def admit_selected(cfg: SelectConfig, count_tokens: TokenCounter | None = None) 
     return admit, lambda doc: f"{doc['language']}/{cfg.bin_of(doc['n_tokens'])}"
 
 
+class SelectStage(Stage):
+    """Documents in, documents with their token count kept, the rest rejected with a reason."""
+
+    name = "select"
+    schema = DOCUMENT_SCHEMA
+    columns = [f.name for f in DOCUMENT_SCHEMA]
+
+    def __init__(self, cfg: SelectConfig, *, count_tokens: TokenCounter | None = None) -> None:
+        self.cfg = cfg
+        self.count_tokens = count_tokens or load_token_counter(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+
+    def parameters(self) -> dict[str, Any]:
+        params = {**asdict(self.cfg), "bins": list(self.cfg.bins)}
+        del params["batch_size"]  # how the work runs, not what it makes
+        return params
+
+    def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
+        for batch in batched(items, self.cfg.batch_size):
+            yield from select_batch(batch, self.cfg, self.count_tokens)
+
+
 def select(
     in_path: str | Path,
     out_dir: str | Path,
     cfg: SelectConfig,
     *,
-    part_size: int = 1000,
-    batch_size: int = 32,
+    part_size: int = PART_SIZE,
     overwrite: bool = False,
     count_tokens: TokenCounter | None = None,
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
-    files = input_files(in_path)
-    params = {**asdict(cfg), "bins": list(cfg.bins), "inputs": [str(Path(f).resolve()) for f in files]}
-    writer = StageWriter(
-        out_dir, stage="select", schema=DOCUMENT_SCHEMA, params=params, inputs=[str(f) for f in files],
-        part_size=part_size, overwrite=overwrite,
-    )
-    counter = count_tokens or load_token_counter(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
-    progress = on_progress or no_progress
-    progress("select", 0, count_rows(files))
-    records = read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA])
-    return run_stage(
-        records, writer, lambda batch: select_batch(batch, cfg, counter), batch_size=batch_size,
-        on_progress=lambda n: progress("select", n, None),
-    )
+    """Documents of IN within the token bounds and self-contained into OUT; the rest rejected."""
+    return run_stage(SelectStage(cfg, count_tokens=count_tokens), [in_path], out_dir,
+                     part_size=part_size, overwrite=overwrite, progress=on_progress)
+
+
+def step(cfg: PipelineConfig) -> Step:
+    """`[select]` as a pipeline stage."""
+    return Step("select", lambda inputs, out_dir, **options: run_stage(SelectStage(cfg.select), inputs, out_dir, **options))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longblocks.config import SourceConfig
 from longblocks.errors import LongBlocksError
 from longblocks.records import content_id, make_document
 from longblocks.store import Rejection
@@ -75,7 +76,6 @@ class SourceSpec:
     text_field: str
     license: str
     languages: dict[str, Slice]
-    description: str
     kind: str = "text"  # "text" or "code": code gets code-aware shingling and heuristics
     share_alike: bool = False
     id_field: str | None = None
@@ -91,7 +91,6 @@ REGISTRY: dict[str, SourceSpec] = {
             text_field="text",
             license="per paper: cc-by-4.0 / cc-by-sa-4.0 / cc0-1.0",
             languages={"en": Slice()},
-            description="Openly licensed arXiv papers converted to text",
             share_alike=True,
             id_field="id",
         ),
@@ -101,7 +100,6 @@ REGISTRY: dict[str, SourceSpec] = {
             text_field="text",
             license="cc-by-sa-3.0 and GFDL",
             languages={lang: Slice(config=f"20231101.{lang}") for lang in _WIKIPEDIA_LANGUAGES},
-            description="Wikipedia articles, one config per language (20231101 dump)",
             share_alike=True,
             id_field="id",
         ),
@@ -111,7 +109,6 @@ REGISTRY: dict[str, SourceSpec] = {
             text_field="text",
             license="cc-by-sa-4.0",
             languages={"en": Slice()},
-            description="StackExchange threads (question, answers and comments)",
             share_alike=True,
             id_field="id",
         ),
@@ -121,7 +118,6 @@ REGISTRY: dict[str, SourceSpec] = {
             text_field="text",
             license="public domain (in the US)",
             languages={lang: Slice(split=lang) for lang in _GUTENBERG_LANGUAGES},
-            description="Project Gutenberg books, one split per language",
             id_field="id",
         ),
         SourceSpec(
@@ -130,7 +126,6 @@ REGISTRY: dict[str, SourceSpec] = {
             text_field="text",
             license="per file: permissive licenses of the original repositories",
             languages={lang: Slice(config=cfg) for lang, cfg in _STACK_EDU_LANGUAGES.items()},
-            description="Educational source files from The Stack v2, one config per programming language",
             kind="code",
             id_field="blob_id",
             notes="the Hub rows hold blob ids: contents are fetched from the Software Heritage S3 bucket "
@@ -142,7 +137,6 @@ REGISTRY: dict[str, SourceSpec] = {
             text_field="text",
             license="odc-by",
             languages={lang: Slice(config=cfg) for lang, cfg in _FINEWEB2_HQ_CONFIGS.items()},
-            description="Quality-filtered multilingual web text (top 10% of FineWeb2)",
             id_field="id",
         ),
         SourceSpec(
@@ -151,7 +145,6 @@ REGISTRY: dict[str, SourceSpec] = {
             text_field="text_by_page_gen",
             license="public domain books; Institutional Data Initiative terms of use",
             languages={lang: Slice() for lang in sorted(set(_ISO639_3.values()))},
-            description="Public domain books from Harvard Library (pages joined into one document)",
             id_field="barcode_src",
             notes="gated: accept the terms on the Hub and set HF_TOKEN; language from `language_gen`",
         ),
@@ -432,3 +425,17 @@ def resolve_source(name: str, **options: Any) -> Source:
         spec = dataclasses.replace(spec, hub_id=hub_id)
     options.setdefault("text_field", spec.text_field)
     return Source(name=name, spec=spec, **options)
+
+
+def open_source(cfg: SourceConfig) -> Source:
+    """The Source a `[source]` section (or `longblocks sample`'s flags) names."""
+    options: dict[str, Any] = {"include": cfg.include, "recursive": cfg.recursive, "revision": cfg.revision}
+    if cfg.text_field:
+        options["text_field"] = cfg.text_field
+    if cfg.max_bytes:
+        options["max_bytes"] = cfg.max_bytes
+    if cfg.hub_id:
+        options["hub_id"] = cfg.hub_id
+    if cfg.name == "stack-edu":
+        options.update(contents=cfg.stack_edu_contents, contents_concurrency=cfg.stack_edu_concurrency)
+    return resolve_source(cfg.name, **options)

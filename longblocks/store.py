@@ -1,5 +1,8 @@
-"""The stage store: a stage reads parquet shards and writes parquet parts, a `rejected/` side table
-and a `manifest.json` that is also its commit log, so a killed stage restarts where it stopped.
+"""The stage store and the one stage runner: a stage reads parquet shards and writes parquet parts,
+a `rejected/` side table and a `manifest.json` that is also its commit log, so a killed stage
+restarts where it stopped. `Stage` is the contract every stage keeps (its name, record schema,
+parameters, and how its input becomes kept records and rejections); `run_stage` owns everything
+around it: input files, the writer, progress, resume, duplicate inputs, the manifest.
 
 Must not know what a stage does: stages hand it kept records and rejections per consumed input.
 """
@@ -7,6 +10,7 @@ Must not know what a stage does: stages hand it kept records and rejections per 
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 import platform
@@ -21,11 +25,10 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from longblocks.config import STAGES  # noqa: F401  (re-exported: the store names its stages)
+from longblocks.config import PART_SIZE
 from longblocks.errors import LongBlocksError
-from longblocks.records import REJECTION_SCHEMA
-
-MANIFEST = "manifest.json"
+from longblocks.manifest import MANIFEST, StageStats, read_manifest, to_json
+from longblocks.records import REJECTION_SCHEMA, content_id
 DATA_DIR = "data"
 REJECTED_DIR = "rejected"
 CONSUMED_DIR = "consumed"
@@ -154,10 +157,6 @@ class ParquetRows:
             yield self[i]
 
 
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / MANIFEST).read_text())
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -186,7 +185,7 @@ class StageWriter:
         schema: pa.Schema,
         params: dict[str, Any],
         inputs: Sequence[str] = (),
-        part_size: int = 1000,
+        part_size: int = PART_SIZE,
         overwrite: bool = False,
         rejection_schema: pa.Schema = REJECTION_SCHEMA,
     ) -> None:
@@ -197,6 +196,7 @@ class StageWriter:
         self.rejection_schema = rejection_schema
         self.part_size = part_size
         self._pending: list[Outcome] = []
+        self._deferred: list[Outcome] = []
         self._consumed: set[str] = set()
         manifest_path = self.out_dir / MANIFEST
         if overwrite and manifest_path.exists():
@@ -237,16 +237,12 @@ class StageWriter:
             (self.out_dir / sub).mkdir(parents=True, exist_ok=True)
 
     # -- reading back ----------------------------------------------------------------------------
-    @property
-    def complete(self) -> bool:
-        return self.manifest["status"] == "complete"
-
     def is_consumed(self, input_id: str) -> bool:
         return input_id in self._consumed
 
     @property
-    def kept_count(self) -> int:
-        return self.manifest["outputs"]["kept"] + sum(len(o.kept) for o in self._pending)
+    def rejected_count(self) -> int:
+        return sum(self.manifest["rejected"].values()) + sum(len(o.rejected) for o in self._pending)
 
     def kept_counts_by(self, column: str, key: Callable[[dict[str, Any]], str] | None = None,
                        columns: Sequence[str] = ()) -> Counter[str]:
@@ -270,8 +266,16 @@ class StageWriter:
         if len(self._pending) >= self.part_size:
             self._commit()
 
+    def defer(self, outcome: Outcome) -> None:
+        """An outcome to add when the stage finishes (after every input's own outcome, so the parts
+        do not depend on when it was found)."""
+        self._deferred.append(outcome)
+
     def finish(self, **extra: Any) -> dict[str, Any]:
         """Commit what is pending and mark the stage complete; `extra` goes into the manifest."""
+        for outcome in self._deferred:
+            self.add(outcome)
+        self._deferred = []
         if self._pending:
             self._commit()
         self.manifest.update(extra)
@@ -322,37 +326,117 @@ class StageWriter:
         (self.out_dir / MANIFEST).unlink()
 
 
-def run_stage(
-    records: Iterable[dict[str, Any]],
-    writer: StageWriter,
-    process_batch: Callable[[list[dict[str, Any]]], list[Outcome]],
-    *,
-    batch_size: int = 64,
-    on_progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Feed unconsumed records to `process_batch` in batches and commit their outcomes in order."""
-    batch: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    repeated = 0
+class Stage:
+    """The contract of a stage (as datatrove's pipeline step is of its steps): a `name` (its
+    directory and manifest), the `schema` of the records it keeps, the `parameters` its output
+    depends on (a rerun with others is refused), and `process`, which turns the unconsumed input
+    records, in order, into one `Outcome` per input, in the same order. Hooks, all optional:
+    `prepare(files)` once the input files are known (a schema that depends on them), `items` for a
+    stage whose input is not parquet records (sample streams a source), `stats()` for the typed
+    statistics in the manifest, `status()` for live progress fields, `close()`."""
 
-    def flush() -> None:
-        for outcome in process_batch(batch):
-            writer.add(outcome)
-        if on_progress:
-            on_progress(len(batch))
-        batch.clear()
+    name = ""
+    schema: pa.Schema
+    rejection_schema: pa.Schema = REJECTION_SCHEMA
+    columns: Sequence[str] | None = None  # input columns read (None: all)
+    group_by: str | None = None  # hand `process` lists of consecutive records sharing this column
+    units = ("documents", "documents", "documents")  # what it consumes, keeps and rejects (summaries)
 
+    def parameters(self) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, files: Sequence[Path]) -> None:
+        pass
+
+    def total(self, files: Sequence[Path]) -> int | None:
+        return count_rows(files)
+
+    def items(self, files: Sequence[Path], writer: StageWriter) -> Iterator[Any]:
+        """The unconsumed inputs: records (or groups by `group_by`) in file order. An id seen
+        twice is recorded as a `duplicate_input` rejection, never silently dropped."""
+        return _unconsumed(read_records(files, columns=self.columns), writer, self.group_by)
+
+    def process(self, items: Iterator[Any], writer: StageWriter) -> Iterator[Outcome]:
+        raise NotImplementedError
+
+    def advance(self, outcome: Outcome) -> int:
+        """How far an outcome moves the progress bar (sample counts kept documents against its quotas)."""
+        return 1
+
+    def done(self, manifest: dict[str, Any]) -> int:
+        """Progress already made by committed parts (a resumed run starts its bar there)."""
+        return manifest["inputs"]["consumed"]
+
+    def stats(self, out_dir: Path) -> StageStats:
+        return None
+
+    def status(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Step:
+    """A stage as `run_pipeline` runs it: `run(inputs, out_dir, part_size=, overwrite=, progress=)`
+    builds what the stage needs from the pipeline's config (a backend, a source), runs it with
+    `run_stage` and closes what it opened; returns the manifest."""
+
+    name: str
+    run: Callable[..., dict[str, Any]]
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of `size` consecutive items (the last may be shorter); itertools.batched is 3.12+."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _unconsumed(records: Iterable[dict[str, Any]], writer: StageWriter, group_by: str | None) -> Iterator[Any]:
+    seen: Counter[str] = Counter()
+    group: list[dict[str, Any]] = []
     for record in records:
-        repeat = record["id"] in seen
-        repeated += repeat  # the same id twice in the input: an exact duplicate, counted in the manifest
-        seen.add(record["id"])
-        if repeat or writer.is_consumed(record["id"]):
-            if on_progress:
-                on_progress(1)
+        seen[record["id"]] += 1
+        if seen[record["id"]] > 1:  # the same id again: an exact duplicate of an earlier input
+            dup = content_id("duplicate-input", record["id"], str(seen[record["id"]]))
+            writer.defer(Outcome(dup, rejected=[Rejection(dup, "duplicate_input",
+                                                          f"id {record['id']} again (occurrence {seen[record['id']]})")]))
             continue
-        batch.append(record)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
-    return writer.finish(repeated_input_ids=repeated)
+        if group_by is None:
+            if not writer.is_consumed(record["id"]):
+                yield record
+            continue
+        if group and record[group_by] != group[0][group_by]:
+            if not all(writer.is_consumed(r["id"]) for r in group):
+                yield group
+            group = []
+        group.append(record)
+    if group and not all(writer.is_consumed(r["id"]) for r in group):
+        yield group
+
+
+def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *, part_size: int = PART_SIZE,
+              overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Run `stage` on the parquet shards of `inputs` (stage directories, folders or files; none
+    for a stage that reads a source) into `out_dir`, resuming what a killed run committed; the
+    manifest (with the stage's typed `stats`) is returned."""
+    files = [f for path in inputs for f in input_files(path)]
+    stage.prepare(files)
+    params = {**stage.parameters(), **({"inputs": [str(Path(f).resolve()) for f in files]} if files else {})}
+    writer = StageWriter(out_dir, stage=stage.name, schema=stage.schema, params=params, inputs=[str(f) for f in files],
+                         part_size=part_size, overwrite=overwrite, rejection_schema=stage.rejection_schema)
+    progress = progress or no_progress
+    progress(stage.name, 0, stage.total(files))
+    kept, rejected = writer.manifest["outputs"]["kept"], writer.rejected_count
+    progress(stage.name, stage.done(writer.manifest), None, kept=kept, rejected=rejected)
+    try:
+        for outcome in stage.process(stage.items(files, writer), writer):
+            writer.add(outcome)
+            kept, rejected = kept + len(outcome.kept), rejected + len(outcome.rejected)
+            progress(stage.name, stage.advance(outcome), None, kept=kept, rejected=rejected, **stage.status())
+        stats = to_json(stage.stats(Path(out_dir)))
+    finally:
+        stage.close()
+    return writer.finish(units=list(stage.units), **({"stats": stats} if stats is not None else {}))

@@ -6,12 +6,12 @@ vLLM or a server (CPU, macOS). Must not parse task outputs: callers do.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 import json
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
 from typing import Any, TypeVar
 
-from longblocks.backends import BackendStats, BatchedBackend, Completion, Messages, RequestCache, Sampling
+from longblocks.completions import BackendStats, BatchedBackend, Completion, Messages, RequestCache, Sampling
 from longblocks.errors import LongBlocksError
 from longblocks.text import split_reasoning
 

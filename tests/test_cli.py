@@ -14,10 +14,84 @@ def test_both_console_scripts_show_help() -> None:
     assert "sft" in tr.stdout and "rl" in tr.stdout
 
 
-def test_every_longblocks_command_has_help() -> None:
-    for command in ("sources", "sample", "select", "generate", "run", "inspect"):
-        result = cli("longblocks", command, "--help")
-        assert "Usage" in result.stdout, command
+def test_every_command_of_both_clis_has_help() -> None:
+    """Every command the two apps register (the design's `generate --source`, `filter`, `sft`,
+    `rl` among them), in process through click, so the list cannot fall behind the apps."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from longblocks.cli import app as longblocks_app
+    from trainer.cli import app as trainer_app
+
+    for app, design in ((longblocks_app, {"generate", "filter", "judge", "run", "publish", "push"}),
+                        (trainer_app, {"sft", "rl", "eval"})):
+        commands = typer.main.get_command(app).commands
+        assert design <= set(commands), sorted(commands)
+        for name in commands:
+            result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+            assert result.exit_code == 0 and "Usage" in result.output, (name, result.output)
+    generate = CliRunner().invoke(longblocks_app, ["generate", "--source", "arxiv", "--help"], env={"COLUMNS": "200"})
+    assert generate.exit_code == 0 and "--judge-model" in generate.output
+    filter_help = CliRunner().invoke(longblocks_app, ["filter", "--help"], env={"COLUMNS": "200"}).output
+    assert "LLM judge" in filter_help and "longblocks judge" in filter_help
+
+
+# How each command's flags map to config keys: the sections searched in order (prefix, section),
+# renamed flags, and flags that are not options of a run (paths, actions).
+FLAG_SECTIONS = {
+    "sample": [("", "SourceConfig"), ("", "SelectConfig"), ("", "RunSection")],
+    "select": [("", "SelectConfig"), ("", "RunSection")],
+    "dedup": [("", "DedupSection"), ("", "RunSection")],
+    "generate": [("judge_", "JudgeSection"), ("", "SourceConfig"), ("", "SelectConfig"), ("", "GenerateSection"),
+                 ("", "RunSection")],
+    "filter": [("", "JudgeSection"), ("", "RunSection")],
+    "judge": [("", "JudgeSection"), ("", "RunSection")],
+    "respond": [("", "ResponderConfig"), ("", "RunSection")],
+    "publish": [("", "PublishSection")],
+    "push": [("", "PublishSection")],
+}
+LLM_RENAMES = {"max_new_tokens": "max_tokens"}  # the generation budget flag of the LLM sections
+FLAG_RENAMES = {"SourceConfig": {"quota": "quotas", "bin_quota": "bin_quotas"}, "GenerateSection": LLM_RENAMES,
+                "JudgeSection": LLM_RENAMES, "ResponderConfig": LLM_RENAMES}
+NOT_KEYS = {"inp", "out", "paths", "folder", "overwrite", "dry_run", "responder", "set_", "ctx", "pipeline", "stage_dir"}
+
+
+def test_every_flag_default_is_its_toml_keys_default() -> None:
+    """One source of truth: each `longblocks` flag is a key of a config section (the ones a
+    pipeline file has) and its default is that key's default."""
+    import dataclasses
+
+    import typer.main
+
+    from longblocks import config
+    from longblocks.cli import app
+
+    def same(flag_default: object, key_default: object) -> bool:
+        if isinstance(key_default, (list, tuple)) and isinstance(flag_default, str):
+            return flag_default == ",".join(map(str, key_default))
+        if key_default == [] and flag_default is None:  # a repeatable flag given no times
+            return True
+        return flag_default == key_default
+
+    checked = 0
+    for name, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            if param.name in NOT_KEYS or param.name == "help" or param.required:
+                continue
+            assert name in FLAG_SECTIONS, f"longblocks {name} has flags but no config section: {param.name}"
+            for prefix, section in FLAG_SECTIONS[name]:
+                flag = param.name.removeprefix(prefix)
+                key = FLAG_RENAMES.get(section, {}).get(flag, flag)
+                fields = {f.name: f for f in dataclasses.fields(getattr(config, section))}
+                if param.name.startswith(prefix) and key in fields:
+                    field = fields[key]
+                    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+                    assert same(param.default, default), (name, param.name, param.default, section, key, default)
+                    checked += 1
+                    break
+            else:
+                raise AssertionError(f"longblocks {name} --{param.name.replace('_', '-')} has no TOML key")
+    assert checked > 60
 
 
 def test_sources_lists_every_registered_source_with_its_license() -> None:

@@ -31,12 +31,15 @@ def sft(
     Runs in one process, or with FSDP2 under `torchrun --nproc-per-node N`. Re-running the same
     command resumes from the latest checkpoint in run.out.
     """
-    from trainer.config import ConfigError, SFTConfig, load_config
-    from trainer.sft import train
+    from longblocks.options import OptionError
+    from trainer.config import SFTConfig, load_config
 
     try:
-        train(load_config(SFTConfig, config, list(ctx.args)))
-    except ConfigError as exc:
+        cfg = load_config(SFTConfig, config, list(ctx.args))  # checked before torch and the model load
+        from trainer.sft import train
+
+        train(cfg)
+    except OptionError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
@@ -57,12 +60,15 @@ replayed rollouts, `--data.replay=DIR`). Rollouts with `--rollout.engine=hf` (tr
 
     Runs in one process or with FSDP2 under `torchrun --nproc-per-node N`; re-running the same command resumes.
     """
-    from trainer.config import ConfigError, RLConfig, load_config
-    from trainer.rl import train
+    from longblocks.options import OptionError
+    from trainer.config import RLConfig, load_config
 
     try:
-        train(load_config(RLConfig, config, list(ctx.args)))
-    except ConfigError as exc:
+        cfg = load_config(RLConfig, config, list(ctx.args))  # checked before torch and the model load
+        from trainer.rl import train
+
+        train(cfg)
+    except OptionError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 

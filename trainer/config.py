@@ -1,20 +1,21 @@
 """Run configuration: dataclasses filled from a TOML or YAML file plus `--section.key=value`
-overrides, printed and saved resolved. Must not hold defaults anywhere but these dataclasses.
+overrides (`longblocks.options`, the same loader and checks as `longblocks run`), printed and saved
+resolved. Must not hold defaults anywhere but these dataclasses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
-import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from longblocks.options import OptionError, apply_overrides, build, read_file
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(OptionError):
     """A configuration the user must fix; the CLI prints it as one line."""
 
 
@@ -372,68 +373,11 @@ class RLConfig:
             raise ConfigError("data.long is empty: give at least one [[data.long]] prompt source (or data.replay)")
 
 
-def _build(cls: type[T], values: Any, where: str) -> T:
-    if not dataclasses.is_dataclass(cls):
-        return values
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a table, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(names)}")
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        origin = typing.get_origin(hint)
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
-        elif origin is list and dataclasses.is_dataclass(typing.get_args(hint)[0]) and not isinstance(value, list):
-            raise ConfigError(f"{where}.{name}: expected a list of tables ([[{name}]]), got {value!r}")
-        elif origin is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
-            kwargs[name] = [_build(typing.get_args(hint)[0], v, f"{where}.{name}[{i}]") for i, v in enumerate(value)]
-        elif origin is tuple:
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`--optim.lr=3e-5` -> (["optim", "lr"], 3e-5); values are TOML, bare words are strings."""
-    key, sep, raw = item.lstrip("-").partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override must look like --section.key=value, got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.split("."), value
-
-
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            try:
-                data = tomllib.loads(text)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    for item in overrides:
-        keys, value = parse_override(item)
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-    return _build(cls, data, "config")
+    """The config file (TOML or YAML; none: the defaults) with the overrides applied, every key and
+    type checked (`longblocks.options.build`)."""
+    data = apply_overrides(read_file(path), list(overrides))
+    return build(cls, data, str(path) if path is not None else "config", ConfigError)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

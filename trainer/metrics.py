@@ -42,10 +42,18 @@ class MetricsLogger:
             self.run.log(values, step=step)
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines a killed run wrote after its last checkpoint."""
+        """On resume, drop lines a killed run wrote after its last checkpoint, and a last line it
+        was killed while writing (torn: not JSON)."""
         if self.enabled and self.path.exists():
-            lines = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-            self.path.write_text("".join(l + "\n" for l in lines))
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn line: its step is rerun and logged again
+                if isinstance(row, dict) and row.get("step", step + 1) <= step:
+                    kept.append(line)
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def close(self, plot_keys: tuple[str, ...] = ("loss",)) -> Path | None:
         if not self.enabled:

@@ -171,3 +171,18 @@ def test_fsdp2_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: P
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final")
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(p, q, atol=1e-4), name
+
+
+@pytest.mark.parametrize("name", ["sft", "rl"])
+def test_the_shipped_configs_load_and_are_the_readmes(name: str) -> None:
+    """configs/sft.toml and configs/rl.toml load with every key checked, and the README shows them as they are."""
+    import re
+
+    from conftest import ROOT
+    from trainer.config import RLConfig, SFTConfig, load_config
+
+    path = ROOT / "configs" / f"{name}.toml"
+    cfg = load_config({"sft": SFTConfig, "rl": RLConfig}[name], path)
+    assert cfg.model.path and cfg.data.long
+    block = re.search(rf"```toml\n# configs/{name}\.toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert path.read_text().split("\n", 1)[1] == block

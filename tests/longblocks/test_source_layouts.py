@@ -14,14 +14,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import random_text
+from conftest import ROOT, random_text
 from longblocks.qa import generation_messages
 from longblocks.sample import sample
 from longblocks.sources import CODE_LANGUAGES, REGISTRY, resolve_source
 
 # LongBlocks' 19 natural languages
 LONGBLOCKS_LANGUAGES = set("en fr de es uk sv ro it ru el ja nl fi pl hu zh pt hi ar".split())
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINES = ROOT / "pipelines"
 
 
 def test_institutional_books_three_letter_codes_fill_two_letter_quotas(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cli
+from longblocks.manifest import stage_stats
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import ROOT, cli
+
 RESPONSE = "response_SmolLM2-135M-Instruct"
 STAGES = ("sample", "select", "dedup", "generate", "judge", "respond")
 
@@ -40,7 +41,7 @@ def test_quickstart_publishes_a_dataset_that_loads_like_longblocks(smollm2: Path
         assert isinstance(manifest["rejected"], dict)
     assert manifests["sample"]["rejected"], "the 1k-2k quota and the token bounds reject modules"
     judge = manifests["judge"]
-    assert judge["judge"]["mode"] == "choice" and set(judge["judge"]["content_free_p_yes"]) == {
+    assert stage_stats(judge).settings["mode"] == "choice" and set(stage_stats(judge).settings["content_free_p_yes"]) == {
         "well_formed", "complete", "supported", "multi_span", "self_contained"}
     assert manifests["generate"]["outputs"]["kept"] == judge["outputs"]["kept"] + sum(judge["rejected"].values())
     rejections = [row for stage in ("generate", "judge") for row in pq.read_table(out / stage / "rejected").to_pylist()]

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, random_text
+from longblocks.manifest import stage_stats
 from longblocks.errors import LongBlocksError
 from longblocks.sample import sample
 from longblocks.sources import resolve_source
@@ -55,7 +56,7 @@ def test_hub_source_sampling_is_seeded_and_respects_quotas(hub_like_dataset: Pat
     assert [d["id"] for d in docs_a] != [d["id"] for d in docs_c]
     assert Counter(d["language"] for d in docs_a) == Counter(quotas)
     assert all(d["text"].startswith(f"[{d['language']}]") for d in docs_a)  # right config per language
-    assert a["kept_by_language"] == quotas
+    assert stage_stats(a).kept_by_language == quotas
     meta = json.loads(docs_a[0]["meta"])
     assert meta["original_id"].startswith(docs_a[0]["language"]) and meta["license"].startswith("cc-by-sa")
 
@@ -70,7 +71,7 @@ def test_hub_source_unknown_language_and_missing_dataset_are_clear_errors(hub_li
 def test_hub_source_records_empty_rows(hub_like_dataset: Path, tmp_path: Path) -> None:
     source = resolve_source("wikipedia", hub_id=str(hub_like_dataset))
     manifest = sample(source, tmp_path / "all", quotas={"fr": 1000}, seed=0)
-    assert manifest["kept_by_language"] == {"fr": 29}
+    assert stage_stats(manifest).kept_by_language == {"fr": 29}
     assert manifest["rejected"] == {"empty": 1}
     assert "row fr-3" in rejected(tmp_path / "all")["empty"]
 
@@ -138,7 +139,7 @@ def test_local_jsonl_rows_missing_text_are_rejected_and_missing_column_is_an_err
     rows[2]["text"] = None
     data.write_text("\n".join(json.dumps(r) for r in rows))
     manifest = sample(resolve_source(f"local:{data}"), tmp_path / "out", quotas=None, seed=0)
-    assert manifest["kept_by_language"] == {"de": 5} and manifest["rejected"] == {"missing_text": 1}
+    assert stage_stats(manifest).kept_by_language == {"de": 5} and manifest["rejected"] == {"missing_text": 1}
 
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"content": "x"}) + "\n")

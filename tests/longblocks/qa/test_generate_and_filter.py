@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, random_text
+from longblocks.manifest import stage_stats
 from longblocks.backends import Completion, OpenAIBackend, RequestCache, Sampling
 from longblocks.text import split_reasoning
 from longblocks.judge import parse_verdicts
@@ -114,7 +115,7 @@ def test_judge_keeps_passes_and_records_reasons(generated) -> None:
     assert all("method change" in r["question"] for r in pq.read_table(tmp / "run" / "generate" / "data").to_pylist()
                if r["id"] in {x["id"] for x in rejected})
     manifest = json.loads((filt / "manifest.json").read_text())
-    assert manifest["judge"]["model"] == "scripted-judge" and "judge" in manifest["judge"]["prompt_sha256"]
+    assert stage_stats(manifest).model == "scripted-judge" and "judge" in stage_stats(manifest).prompt_sha256
 
 
 def test_api_key_is_not_written_anywhere(generated) -> None:

@@ -21,9 +21,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cli
+from conftest import ROOT, cli
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -38,6 +38,12 @@ def test_published_folder_loads_with_datasets_and_card_validates(run_dir: Path, 
     assert set(meta["language"]) == {"en", "de", "fr"}
     assert meta["annotations_creators"] == ["machine-generated"]
     assert meta["size_categories"] == ["n<1K"]
+    # dataset_info as push_to_hub writes it, and as datasets reads it back from the folder
+    info = meta["dataset_info"]
+    assert [f["name"] for f in info["features"]] == LONGBLOCKS_COLUMNS
+    assert info["splits"] == [{"name": "train", "num_bytes": info["dataset_size"], "num_examples": ds.num_rows}]
+    assert info["download_size"] == sum(p.stat().st_size for p in (out / "data").glob("*.parquet"))
+    assert list(ds.info.features) == LONGBLOCKS_COLUMNS and ds.info.splits["train"].num_examples == ds.num_rows
     assert "wikimedia/wikipedia" in meta["source_datasets"] and meta["pretty_name"] == "LongBlocks"
     body = card.text
     for needle in ("| arxiv |", "| de |", "| multi_hop |", "unsupported", "binary 1", "datasketch 2.",

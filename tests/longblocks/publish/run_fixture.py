@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import random_text
 from longblocks.dedup import DedupConfig, dedup
+from longblocks.manifest import llm_stats, to_json
 from longblocks.records import DOCUMENT_SCHEMA, make_document, qa_id, qa_schema
 from longblocks.store import Outcome, Rejection, StageWriter
 
@@ -37,16 +38,16 @@ def build_run(root: Path, n_docs: int = 40, pairs_per_doc: int = 3, seed: int = 
                    "judge_verdict": None, "judge_reasons": [], "response_Qwen3-Next-80B-A3B": "r"}
             qas.append(rec)
         gen.add(Outcome(doc["id"], kept=qas[-pairs_per_doc:]))
-    gen.finish(generation={"backend": "openai", "model": "Qwen/Qwen3-Next-80B-A3B-Thinking",
-                           "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768},
-                           "question_types": ["summary", "multi_hop"], "n_questions": pairs_per_doc,
-                           "prompt_sha256": {"summary": "abc", "multi_hop": "def"}})
+    gen.finish(stats=to_json(llm_stats({"backend": "openai", "model": "Qwen/Qwen3-Next-80B-A3B-Thinking",
+                                        "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768}},
+                                       question_types=["summary", "multi_hop"], n_questions=pairs_per_doc,
+                                       prompt_sha256={"summary": "abc", "multi_hop": "def"})))
     filt = StageWriter(root / "judge", stage="judge", schema=qa_schema(MODELS), params={}, part_size=25)
     for i, rec in enumerate(qas):
         if i % 7 == 3:
             filt.add(Outcome(rec["id"], rejected=[Rejection(rec["id"], "unsupported", "judge: invented")]))
         else:
             filt.add(Outcome(rec["id"], kept=[{**rec, "judge_verdict": "pass"}]))
-    filt.finish(judge={"backend": "openai", "model": "Qwen/Qwen3-Next-80B-A3B-Thinking",
-                       "sampling": {"temperature": 0.0}, "prompt_sha256": {"judge": "123"}})
+    filt.finish(stats=to_json(llm_stats({"backend": "openai", "model": "Qwen/Qwen3-Next-80B-A3B-Thinking",
+                                         "sampling": {"temperature": 0.0}}, mode="text", prompt_sha256={"judge": "123"})))
     return root

@@ -6,7 +6,7 @@ scripted OpenAI-compatible server (TEST DOUBLE, tests/openai_double.py), and pub
 published folder loads with `datasets` with LongBlocks' columns in order. The file's own settings
 are kept except the scale: two of its languages, two documents each, the approximate tokenizer,
 short documents, and every endpoint pointed at the double. Quickstart has its own test with a
-real model (tests/qa/test_quickstart.py)."""
+real model (tests/longblocks/qa/test_quickstart.py)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import random_text
+from conftest import ROOT, random_text
 from longblocks.config import load_pipeline
 from longblocks.pipeline import run_pipeline, run_publish
 from longblocks.sources import _ISO639_3, REGISTRY
 
 from openai_double import ScriptedServer
 
-PIPELINES = sorted(p for p in (Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml") if p.stem != "quickstart")
+PIPELINES = sorted(p for p in (ROOT / "pipelines").glob("*.toml") if p.stem != "quickstart")
 THREE_LETTER = {two: three for three, two in _ISO639_3.items()}
 
 
@@ -98,7 +98,7 @@ def test_pipeline_file_runs_end_to_end_offline(path: Path, tmp_path: Path, serve
     cfg.source = dataclasses.replace(cfg.source, hub_id=str(tmp_path / "hub"), languages=languages, per_language=2,
                                      quotas=None, bin_quotas=None, stack_edu_contents=f"local:{blobs}")
     cfg.select = dataclasses.replace(cfg.select, tokenizer="approx", min_tokens=200, max_tokens=20000, bins=(200, 20000))
-    cfg.dedup_workers = 1
+    cfg.dedup.workers = 1
     for section in (cfg.generate, cfg.judge, *cfg.respond.responders):
         assert section.model, f"{path.name}: every LLM stage names its model"
         section.base_url = server.base_url

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from conftest import cli, random_text
+from longblocks.manifest import SampleStats, stage_stats, to_json
 from longblocks.config import SelectConfig
 
 BINS = "100,200,400,800"  # bins 100-200, 200-400, 400-800 (approx tokens: words and punctuation)
@@ -33,8 +34,8 @@ def test_bin_quotas_count_selected_documents_per_bin(tmp_path: Path) -> None:
     select = SelectConfig(tokenizer="approx", min_tokens=100, max_tokens=800, bins=(100, 200, 400, 800))
     assert Counter(select.bin_of(d["n_tokens"]) for d in kept) == {"100-200": 3, "200-400": 5, "400-800": 2}
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert manifest["kept_by_quota"] == {"en/100-200": 3, "en/200-400": 5, "en/400-800": 2}
-    assert manifest["unmet"] == {"en/400-800": 2}  # only two documents of that length exist
+    assert stage_stats(manifest).kept_by_quota == {"en/100-200": 3, "en/200-400": 5, "en/400-800": 2}
+    assert stage_stats(manifest).unmet == {"en/400-800": 2}  # only two documents of that length exist
     assert "en/400-800 is 2 document(s) short" in result.stderr
     reasons = Counter(r["reason"] for r in pq.read_table(tmp_path / "s" / "rejected").to_pylist())
     assert reasons["too_few_tokens"] == 6 and reasons["too_many_tokens"] == 3 and reasons["quota_full"] >= 1
@@ -48,7 +49,7 @@ def test_pipeline_bin_quotas_and_the_card_table(tmp_path: Path) -> None:
                     f'[select]\nmin_tokens = 100\nmax_tokens = 800\nbins = [{BINS}]\n')
     cli("longblocks", "run", str(path))
     manifest = json.loads((tmp_path / "run" / "sample" / "manifest.json").read_text())
-    assert manifest["kept_by_quota"] == {"en/100-200": 2, "en/200-400": 3} and manifest["unmet"] == {}
+    assert stage_stats(manifest).kept_by_quota == {"en/100-200": 2, "en/200-400": 3} and stage_stats(manifest).unmet == {}
     assert pq.read_table(tmp_path / "run" / "dedup" / "data").num_rows == 5
 
 
@@ -66,7 +67,7 @@ def test_the_card_reports_documents_per_bin(tmp_path: Path) -> None:
 
     run = tmp_path / "run"
     sample = StageWriter(run / "sample", stage="sample", schema=qa_schema(), params={})
-    sample.finish(kept_by_quota={"en/16k-32k": 10, "en/32k-64k": 4}, unmet={"en/32k-64k": 6})
+    sample.finish(stats=to_json(SampleStats(kept_by_quota={"en/16k-32k": 10, "en/32k-64k": 4}, unmet={"en/32k-64k": 6})))
     judge = StageWriter(run / "judge", stage="judge", schema=qa_schema(), params={})
     judge.add(Outcome("q", kept=[{"id": "q", "document": "d", "source": "arxiv", "language": "en", "question": "q",
                                   "answer": "a", "doc_id": "d", "question_type": "summary"}]))

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, cli_killed_at, random_text
-from longblocks.backends import RequestCache
+from longblocks.manifest import stage_stats
+from longblocks.backends import RequestCache, sampling_of
 from longblocks.config import ResponderConfig
 from longblocks.respond import respond_messages
 from openai_double import ScriptedServer, _free_port
@@ -57,7 +58,7 @@ def test_responses_of_every_responder_publish_as_longblocks_and_train(tmp_path: 
         assert row[f"reasoning_{NAMES[0]}"] == "separate reasoning field"  # reasoning kept apart
         assert "Question:" in row[f"response_{NAMES[1]}"]
     manifest = json.loads((tmp_path / "run" / "respond" / "manifest.json").read_text())
-    assert manifest["responders"][NAMES[0]]["base_url"][1] == server.base_url and not manifest.get("rejected")
+    assert stage_stats(manifest).responders[NAMES[0]].settings["base_url"][1] == server.base_url and not manifest.get("rejected")
 
     cli("longblocks", "publish", str(tmp_path / "run"), str(tmp_path / "pub"))
     import datasets
@@ -110,7 +111,7 @@ def test_killed_respond_resends_nothing_that_completed(tmp_path: Path) -> None:
         assert 0 < len(completed) < 36
         cli(*args)
         second = server.prompts[before + len(first):]
-    sampling = ResponderConfig(model="served").sampling()
+    sampling = sampling_of(ResponderConfig(model="served"))
     keys = [RequestCache.key("served", sampling, [{"role": "user", "content": p}]) for p in second]
     assert not set(keys) & completed  # nothing that completed before the kill is sent again
     rows = pq.read_table(tmp_path / "resp" / "data").to_pylist()

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
+
 from longblocks.errors import LongBlocksError
 from longblocks.config import load_pipeline
-from longblocks.sources import REGISTRY
+from longblocks.sources import REGISTRY, open_source
 
-PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"))
+PIPELINES = sorted((ROOT / "pipelines").glob("*.toml"))
 
 
 def test_there_is_one_pipeline_per_registered_source() -> None:
@@ -18,7 +20,7 @@ def test_there_is_one_pipeline_per_registered_source() -> None:
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
 def test_pipeline_files_parse_and_resolve(path: Path) -> None:
     cfg = load_pipeline(path)
-    source = cfg.source.source()
+    source = open_source(cfg.source)
     quotas = cfg.source.resolved_quotas()
     assert quotas and all(n > 0 for n in quotas.values())
     if source.spec is not None:

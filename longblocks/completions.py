@@ -1,0 +1,150 @@
+"""What every LLM backend shares: the explicit sampling sent with each request, the completion a
+request comes back as, the persistent sqlite request cache (a re-run never pays twice), live
+counters, and the cached batching loop of the in-process engines. Must not talk to a model or parse
+task outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sent with every request, so a server's own defaults (vLLM: max_tokens=16, or the model's
+    generation_config.json) never apply silently."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 16384
+    seed: int | None = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"top_k": 20}: sent as extra_body
+
+
+@dataclass
+class Completion:
+    text: str = ""  # the answer with any reasoning removed
+    reasoning: str = ""
+    finish_reason: str | None = None
+    error: str | None = None  # set when the request failed for good (after retries)
+    cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RequestCache:
+    """sqlite table request-key -> completion; keyed by model, sampling and messages (never the
+    API key). Written as each response arrives, so a killed run keeps what it paid for."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    @staticmethod
+    def key(model: str, sampling: Sampling, messages: Messages) -> str:
+        blob = json.dumps({"model": model, "sampling": asdict(sampling), "messages": messages}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> Completion | None:
+        if self._db is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
+        return Completion(**{**json.loads(row[0]), "cached": True}) if row else None
+
+    def put(self, key: str, completion: Completion) -> None:
+        if self._db is None or completion.error:
+            return  # failures are not cached: a re-run tries them again
+        value = json.dumps({k: v for k, v in asdict(completion).items() if k != "cached"})
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (key, value))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+@dataclass
+class BackendStats:
+    sent: int = 0
+    cached: int = 0
+    failed: int = 0
+    in_flight: int = 0
+
+
+class BatchedBackend:
+    """In-process engines: windows of `batch_size` requests, the cached ones answered from the
+    cache and the rest generated together by `_generate`, results in input order. Subclasses set
+    `model`, `sampling`, `batch_size`, `cache`, `stats` and implement `_generate`."""
+
+    name = "batched"
+    model: str
+    sampling: Sampling
+    batch_size: int
+    cache: RequestCache
+    stats: BackendStats
+
+    def _generate(self, batch: list[Messages]) -> list[Completion]:
+        raise NotImplementedError
+
+    def map_ordered(
+        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+    ) -> Iterator[tuple[T, Completion]]:
+        return self._map(items, to_messages, self.model, self._generate, lambda c: None if c.error else c, lambda c: c)
+
+    def _map(self, items: Iterable[T], to_messages: Callable[[T], Messages], key_model: str,
+             compute: Callable[[list[Messages]], list[R]], store: Callable[[R], Completion | None],
+             load: Callable[[Completion], R]) -> Iterator[tuple[T, R]]:
+        """Windows of `batch_size` requests keyed by `key_model`: the cached ones `load`ed from the
+        cache, the rest `compute`d together and cached as `store` makes them (None: a failure, tried
+        again on the next run); results in input order."""
+        window: list[tuple[T, Messages, str]] = []
+        for item in items:
+            messages = to_messages(item)
+            window.append((item, messages, RequestCache.key(key_model, self.sampling, messages)))
+            if len(window) >= self.batch_size:
+                yield from self._run(window, compute, store, load)
+                window = []
+        if window:
+            yield from self._run(window, compute, store, load)
+
+    def _run(self, window: list[tuple[T, Messages, str]], compute: Callable[[list[Messages]], list[R]],
+             store: Callable[[R], Completion | None], load: Callable[[Completion], R]) -> Iterator[tuple[T, R]]:
+        results: dict[int, R] = {}
+        todo = []
+        for i, (_, _, key) in enumerate(window):
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.stats.cached += 1
+                results[i] = load(cached)
+            else:
+                todo.append(i)
+        if todo:
+            for i, result in zip(todo, compute([window[i][1] for i in todo])):
+                entry = store(result)
+                if entry is not None:
+                    self.cache.put(window[i][2], entry)
+                results[i] = result
+        for i, (item, _, _) in enumerate(window):
+            yield item, results[i]
+
+    def close(self) -> None:
+        self.cache.close()
