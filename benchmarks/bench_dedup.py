@@ -1,7 +1,15 @@
-"""MinHash dedup throughput and memory on 10,000-word documents, against a plain datasketch loop
-(`MinHash.update` per shingle, then `MinHashLSH.insert`) measured in the same run.
+"""MinHash dedup throughput and memory, against a plain datasketch loop (`MinHash.update` per
+shingle, then `MinHashLSH.insert`) measured in the same run.
 
-    python benchmarks/bench_dedup.py --docs 300 --words 10000
+    python benchmarks/bench_dedup.py --docs 300 --words 10000           # speed on 10,000-word documents
+    python benchmarks/bench_dedup.py --scale 2000,10000,40000           # peak RSS and time at LongBlocks' scale
+
+`--scale`: prose-like documents of 3-6k characters (Zipf word frequencies, sentences), 2% of them
+planted near-duplicates (Jaccard ~0.9) and 1% half-rewritten variants (~0.5), written as parquet;
+each method runs in its own process, which reports its wall time, peak RSS (`ru_maxrss`) and the
+pairs it removed, scored against the planted ones: `longblocks dedup` (the stage, 1 worker), the
+plain datasketch loop (word 5-grams, the same 14 x 8 LSH, first of each candidate group removed)
+and datatrove's MinHash pipeline when it is installed (`pip install datatrove`).
 """
 
 from __future__ import annotations
@@ -80,12 +88,163 @@ def index_bytes_per_doc(fn, docs: list[dict], cfg: DedupConfig) -> float:
     return held / len(docs)
 
 
+def prose(n_docs: int, seed: int = 0) -> tuple[list[dict], set[frozenset[str]]]:
+    """Prose-like documents of 3-6k characters and the pairs planted as near-duplicates (J >= 0.8)."""
+    rng = random.Random(seed)
+    nprng = np.random.default_rng(seed)
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10))) for _ in range(50000)]
+    cum = np.cumsum(1.0 / np.arange(1, len(vocab) + 1))
+    cum /= cum[-1]
+
+    def text(n_words: int) -> list[str]:
+        words = [vocab[i] for i in np.searchsorted(cum, nprng.random(n_words))]
+        for k in range(0, n_words, 14):
+            words[k] = words[k].capitalize()
+            if k:
+                words[k - 1] += "."
+        return words
+
+    docs, planted = [], set()
+    while len(docs) < n_docs:
+        words = text(int(nprng.integers(500, 950)))
+        doc = make_document(source="bench", language="en", text=" ".join(words) + ".")
+        docs.append(doc)
+        roll = nprng.random()
+        if roll < 0.03 and len(docs) < n_docs:  # a near-duplicate (2%) or a half-rewritten variant (1%)
+            edited = list(words)
+            share = 0.01 if roll < 0.02 else 0.5
+            for k in nprng.choice(len(edited), size=max(1, int(share * len(edited))), replace=False):
+                edited[k] = vocab[int(nprng.integers(len(vocab)))]
+            twin = make_document(source="bench", language="en", text=" ".join(edited) + ".")
+            docs.append(twin)
+            if share < 0.1:
+                planted.add(frozenset((doc["id"], twin["id"])))
+    return docs, planted
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_method(method: str, path: Path, work: Path) -> dict:
+    """One method on the parquet at `path`, in this process: seconds, peak RSS, removed pairs."""
+    cfg = DedupConfig()
+    start = time.perf_counter()
+    removed: list[tuple[str, str]] = []
+    if method == "longblocks":
+        dedup(path, work / "out", cfg, workers=1)
+        removed = [(r["id"], r["survivor_id"]) for r in pq.read_table(work / "out" / "rejected").to_pylist()]
+    elif method == "datasketch":
+        lsh = MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["id", "text"]):
+            for row in batch.to_pylist():
+                words = normalize_text(row["text"]).split()
+                m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
+                m.update_batch([" ".join(words[i : i + cfg.ngram]).encode() for i in range(len(words) - cfg.ngram + 1)])
+                hits = lsh.query(m)
+                if hits:
+                    removed.append((row["id"], hits[0]))
+                else:
+                    lsh.insert(row["id"], m)
+    else:
+        removed = run_datatrove(path, work)
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "removed": removed}
+
+
+def run_datatrove(path: Path, work: Path) -> list[tuple[str, str]]:
+    """datatrove's four-stage MinHash pipeline (signatures, buckets, clusters, filter), local executor."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    cfg = MinhashConfig(num_buckets=14, hashes_per_bucket=8, n_grams=5)
+    read = lambda: ParquetReader(str(path.parent), glob_pattern=path.name, id_key="id")  # noqa: E731
+    stages = [
+        [read(), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg)],
+        [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)],
+        [MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "ids"), config=cfg)],
+        [read(), MinhashDedupFilter(input_folder=str(work / "ids"), exclusion_writer=JsonlWriter(str(work / "removed"))),
+         JsonlWriter(str(work / "kept"))],
+    ]
+    for i, pipeline in enumerate(stages):
+        tasks = cfg.num_buckets if i == 1 else 1
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(work / f"logs{i}")).run()
+    import gzip
+    import json
+
+    removed = []
+    for file in (work / "removed").glob("*"):
+        for line in gzip.open(file, "rt"):
+            removed.append((json.loads(line)["id"], ""))
+    return removed
+
+
+def scale(sizes: list[int]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    methods = ["longblocks", "datasketch"]
+    try:
+        import datatrove  # noqa: F401
+
+        methods.append("datatrove")
+    except ImportError:
+        pass
+    print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; one "
+          "process per method; peak RSS = ru_maxrss of that process")
+    print("\n| documents | method | seconds | peak RSS (MB) | x datasketch RSS | removed | precision | recall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in sizes:
+        docs, planted = prose(n)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "docs" / "docs.parquet"
+            path.parent.mkdir()
+            pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), path, row_group_size=1000)
+            del docs
+            results = {}
+            for method in methods:
+                work = Path(tmp) / method
+                work.mkdir()
+                out = subprocess.run([sys.executable, __file__, "--run", method, "--input", str(path), "--work", str(work)],
+                                     capture_output=True, text=True, check=True)
+                results[method] = json.loads(out.stdout.strip().splitlines()[-1])
+            base = results["datasketch"]["peak_rss_mb"]
+            members = set().union(*planted) if planted else set()
+            for method, r in results.items():
+                removed_ids = {p[0] for p in r["removed"]}
+                # precision: removed documents that belong to a planted near-duplicate pair (a removed
+                # half-rewritten variant or an unrelated document is a false positive); recall: planted
+                # pairs of which one member was removed
+                precision = len(removed_ids & members) / len(removed_ids) if removed_ids else float("nan")
+                recall = sum(1 for p in planted if p & removed_ids) / max(len(planted), 1)
+                print(f"| {n} | {method} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
+                      f"{r['peak_rss_mb'] / base:.2f}x | {len(removed_ids)} | {precision:.3f} | {recall:.3f} |",
+                      flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=300)
     parser.add_argument("--words", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scale", help="comma-separated corpus sizes: peak memory and time per method")
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run:
+        import json
+
+        print(json.dumps(run_method(args.run, args.input, args.work)))
+        return
+    if args.scale:
+        scale([int(n) for n in args.scale.split(",")])
+        return
     cfg = DedupConfig()
     docs = corpus(args.docs, args.words)
     print(f"device: CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}, python {platform.python_version()}")

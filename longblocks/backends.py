@@ -33,7 +33,7 @@ __all__ = ["Backend", "BackendStats", "Completion", "Messages", "OpenAIBackend",
 
 class OpenAIBackend:
     """`openai.AsyncOpenAI` against any OpenAI-compatible endpoint. The event loop is driven from the
-    calling thread while it waits for the oldest result: no thread hand-off per request."""
+    calling thread while it waits for the next finished request: no thread hand-off per request."""
 
     name = "openai"
     RETRYABLE_STATUS = {408, 409, 429}
@@ -42,6 +42,7 @@ class OpenAIBackend:
         self, model: str, *, base_url: str | list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
         sampling: Sampling = Sampling(), concurrency: int = 64, timeout: float = 1800.0, max_retries: int = 6,
         backoff: float = 1.0, max_backoff: float = 60.0, cache: RequestCache | None = None,
+        reorder_bytes: int = 2**30,
     ) -> None:
         import openai
 
@@ -55,6 +56,7 @@ class OpenAIBackend:
         self.backoff, self.max_backoff = backoff, max_backoff
         self.cache = cache or RequestCache(None)
         self.stats = BackendStats()
+        self.reorder_bytes = reorder_bytes
         self._openai = openai
         self._loop = asyncio.new_event_loop()
         # The key is read here from the environment and only handed to the client.
@@ -135,44 +137,63 @@ class OpenAIBackend:
         return completion
 
     def map_ordered(
-        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, buffer_bytes: int | None = None
     ) -> Iterator[tuple[T, Completion]]:
-        """Run requests concurrently (at most `concurrency` in flight), yield results in input order;
-        at most `lookahead` items are held at once (bounded memory)."""
-        lookahead = lookahead or 2 * self.concurrency
-        pending: deque[tuple[T, asyncio.Task[Completion] | Completion]] = deque()
+        """Each item with its completion, in input order. Requests are taken in completion order:
+        `concurrency` of them are at the server whatever one slow request does (as many again
+        wait for a slot, so a freed slot is refilled at once), and finished results wait in a
+        reorder buffer until the ones before them are done. The buffer is bounded by memory, not
+        by the slowest request: only once the prompts and answers it holds pass `buffer_bytes`
+        (`self.reorder_bytes`, 1 GiB) does sending pause until the head finishes."""
+        budget = self.reorder_bytes if buffer_bytes is None else buffer_bytes
         source = iter(items)
         exhausted = False
+        running: dict[asyncio.Task[Completion], int] = {}
+        waiting: dict[int, T] = {}  # items of running requests
+        ready: dict[int, tuple[T, Completion]] = {}
+        sizes: dict[int, int] = {}
+        held = sent = head = 0
         try:
             while True:
-                while not exhausted and len(pending) < lookahead:
+                while not exhausted and len(running) < 2 * self.concurrency and held < budget:
                     item = next(source, _END)
                     if item is _END:
                         exhausted = True
                         break
                     messages = to_messages(item)
                     key = RequestCache.key(self.model, self.sampling, messages)
+                    sizes[sent] = sum(len(m.get("content") or "") for m in messages)
+                    held += sizes[sent]
                     cached = self.cache.get(key)
                     if cached is not None:
                         self.stats.cached += 1
-                        pending.append((item, cached))
+                        ready[sent] = (item, cached)
                     else:
-                        pending.append((item, self._loop.create_task(self._complete_and_cache(key, messages))))
-                if not pending:
-                    return
-                item, head = pending.popleft()
-                if isinstance(head, Completion):
-                    yield item, head
+                        running[self._loop.create_task(self._complete_and_cache(key, messages))] = sent
+                        waiting[sent] = item
+                    sent += 1
+                while head in ready:  # in input order, as far as it goes
+                    held -= sizes.pop(head)
+                    item, completion = ready.pop(head)
+                    head += 1
+                    yield item, completion
+                if not running:
+                    if exhausted:
+                        return
                     continue
-                if not head.done():
-                    self._loop.run_until_complete(asyncio.wait([head]))
-                yield item, head.result()
+                finished, _ = self._loop.run_until_complete(asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED))
+                for task in finished:
+                    index = running.pop(task)
+                    completion = task.result()
+                    answer = len(completion.text) + len(completion.reasoning)
+                    sizes[index] += answer
+                    held += answer
+                    ready[index] = (waiting.pop(index), completion)
         finally:
-            tasks = [t for _, t in pending if isinstance(t, asyncio.Task)]
-            for task in tasks:
+            for task in running:
                 task.cancel()
-            if tasks:
-                self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            if running:
+                self._loop.run_until_complete(asyncio.gather(*running, return_exceptions=True))
 
     def close(self) -> None:
         for client in self._clients:
@@ -234,7 +255,7 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def map_ordered(
-        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+        self, items: Iterable[T], to_messages: Callable[[T], Messages]
     ) -> Iterator[tuple[T, Completion]]: ...
 
     def close(self) -> None: ...

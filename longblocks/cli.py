@@ -64,6 +64,7 @@ def progress_bars() -> Iterator[Progress]:
         tasks: dict[str, Any] = {}
 
         def update(phase: str, advance: int, total: int | None, /, **stats: int) -> None:
+            stats.pop("done", None)
             if phase not in tasks:
                 tasks[phase] = bars.add_task(phase, total=total, stats="")
             elif total is not None:
@@ -516,7 +517,7 @@ def run(
     with progress_bars() as progress:
         manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
     print_run(manifests, cfg.out)
-    if cfg.publish.repo_id and manifests and list(manifests.values())[-1]["outputs"]["kept"] > 0:
+    if cfg.publish.repo_id and "generate" in manifests and list(manifests.values())[-1]["outputs"]["kept"] > 0:
         from longblocks.pipeline import run_publish
 
         summary = run_publish(cfg)

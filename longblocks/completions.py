@@ -106,7 +106,7 @@ class BatchedBackend:
         raise NotImplementedError
 
     def map_ordered(
-        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, lookahead: int | None = None
+        self, items: Iterable[T], to_messages: Callable[[T], Messages]
     ) -> Iterator[tuple[T, Completion]]:
         return self._map(items, to_messages, self.model, self._generate, lambda c: None if c.error else c, lambda c: c)
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from longblocks.backends import Backend, Completion, Messages, opened_backend
 from longblocks.config import JudgeSection, PipelineConfig
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import LLMStats, llm_stats
-from longblocks.records import qa_schema, response_models
+from longblocks.records import qa_columns, qa_schema
 from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
 from longblocks.text import normalize_text, prompt_hashes, prompt_text
 
@@ -237,7 +236,7 @@ class JudgeStage(Stage):
         return {**self.backend.describe(), **self.settings}
 
     def prepare(self, files: Sequence[Path]) -> None:
-        self.schema = qa_schema(response_models(pq.ParquetFile(files[0]).schema_arrow.names))
+        self.schema = qa_schema(qa_columns(files[0], "the judge"))
 
     def process(self, items: Iterator[list[dict[str, Any]]], writer: StageWriter) -> Iterator[Outcome]:
         if self.mode == "choice":
@@ -273,7 +272,8 @@ def judge_with(section: JudgeSection, inputs: list[Path], out_dir: Path, **optio
 
 
 def step(cfg: PipelineConfig) -> Step | None:
-    """`[judge]` (or `[filter]`) as a pipeline stage (none without a judge model)."""
-    if not cfg.judge.model:
+    """`[judge]` (or `[filter]`) as a pipeline stage (none without a judge model, or without a
+    generator to give it QA pairs)."""
+    if not cfg.judge.model or not cfg.generate.model:
         return None
     return Step("judge", lambda inputs, out_dir, **options: judge_with(cfg.judge, inputs, out_dir, **options))

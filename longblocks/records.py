@@ -11,6 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from longblocks.errors import LongBlocksError
+
 DOCUMENT_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -96,6 +98,18 @@ def qa_schema(response_models: list[str] | tuple[str, ...] = (), *, provenance: 
         fields += [pa.field(reasoning_column(m), pa.string()) for m in response_models]
     return pa.schema(fields)
 
+
+
+def qa_columns(path: Any, reader: str) -> list[str]:
+    """The response models of a parquet file of QA records (its `response_<model>` suffixes); a file
+    of something else is one line saying what `reader` needs."""
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(path).schema_arrow.names
+    missing = [c for c in (*PUBLISHED_COLUMNS, "doc_id") if c not in names]
+    if missing:
+        raise LongBlocksError(f"{reader} reads QA records (a generate stage's output); {path} lacks {missing}")
+    return response_models(names)
 
 
 def content_id(*parts: str) -> str:

@@ -11,13 +11,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 
 from longblocks.backends import Backend, Completion, Messages, build_backend
 from longblocks.config import PipelineConfig, RespondSection
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import RespondStats, llm_stats
-from longblocks.records import content_id, qa_schema, reasoning_column, response_column, response_models
+from longblocks.records import content_id, qa_columns, qa_schema, reasoning_column, response_column
 from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
 from longblocks.text import prompt_hashes, prompt_text
 
@@ -73,7 +72,7 @@ class RespondStage(Stage):
         return {"responders": self.provenance(), "prompt_sha256": prompt_hashes(["respond"])}
 
     def prepare(self, files: Sequence[Path]) -> None:
-        existing = response_models(pq.ParquetFile(files[0]).schema_arrow.names)
+        existing = qa_columns(files[0], "respond")
         mine = [response_column(n)[len("response_"):] for n in self.responders]
         clash = sorted(set(existing) & set(mine))
         if clash:
@@ -119,7 +118,8 @@ def respond_with(section: RespondSection, inputs: list[Path], out_dir: Path, **o
 
 
 def step(cfg: PipelineConfig) -> Step | None:
-    """`[[respond.responders]]` as a pipeline stage (none without responders)."""
-    if not cfg.respond.responders:
+    """`[[respond.responders]]` as a pipeline stage (none without responders, or without a
+    generator to give them questions)."""
+    if not cfg.respond.responders or not cfg.generate.model:
         return None
     return Step("respond", lambda inputs, out_dir, **options: respond_with(cfg.respond, inputs, out_dir, **options))

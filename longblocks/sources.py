@@ -286,17 +286,38 @@ class Source:
         for path in documents:
             yield self._file_candidate(path)
         for builder, data_files in sorted(tables.items()):
-            import datasets
+            yield from self._table_rows(builder, data_files, seed)
 
-            dataset = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True)
+    def _table_rows(self, builder: str, data_files: list[str], seed: int) -> Iterator[Candidate]:
+        """Rows of table files (jsonl, parquet), each file streamed and shuffled on its own and the
+        files drawn from in a seeded order; a file that cannot be read (truncated parquet, invalid
+        JSON) is an `unreadable` rejection naming it and the error, and the other files go on."""
+        import datasets
+
+        def rows(path: str) -> Iterator[Candidate]:
+            dataset = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
             dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
-            yield from self._rows(
-                dataset,
-                origin=str(self.path),
-                fixed_language=None,
-                language_column=self.language_field,
-                id_field="id",
-            )
+            yield from self._rows(dataset, origin=path, fixed_language=None, language_column=self.language_field,
+                                  id_field="id")
+
+        rng = random.Random(seed)
+        streams = {path: rows(path) for path in data_files}
+        while streams:
+            path = rng.choice(sorted(streams))
+            try:
+                candidate = next(streams[path])
+            except StopIteration:
+                del streams[path]
+                continue
+            except LongBlocksError:
+                raise  # a configuration error (no such text column): not the file's fault
+            except Exception as exc:  # noqa: BLE001 - datasets/Arrow raise many types for a damaged file
+                del streams[path]
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                yield Candidate(rejection=Rejection(content_id("unreadable", self.label, path), "unreadable",
+                                                    f"{path}: {type(exc).__name__}: {first}"))
+                continue
+            yield candidate
 
     def _local_files(self) -> list[Path]:
         assert self.path is not None

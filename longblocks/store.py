@@ -10,6 +10,7 @@ Must not know what a stage does: stages hand it kept records and rejections per 
 from __future__ import annotations
 
 import bisect
+import fcntl
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -96,8 +98,21 @@ def input_files(path: str | Path) -> list[Path]:
     return files
 
 
+def damaged_file_guard(path: Path, read: Callable[[], Any]) -> Any:
+    """`read()`, with a damaged or unreadable parquet file (truncated, 0 bytes, not parquet) as one
+    line naming it and what to do, instead of Arrow's traceback."""
+    try:
+        return read()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        stage_dir = next((p for p in path.parents if (p / MANIFEST).exists()), None)
+        fix = (f"rerun the stage that wrote {stage_dir} with --overwrite (or delete it)" if stage_dir is not None
+               else "replace or remove the file")
+        raise LongBlocksError(f"{path} cannot be read ({first}): {fix}") from None
+
+
 def count_rows(files: Sequence[Path]) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(damaged_file_guard(f, lambda f=f: pq.ParquetFile(f).metadata.num_rows) for f in files)
 
 
 def read_records(
@@ -105,13 +120,14 @@ def read_records(
 ) -> Iterator[dict[str, Any]]:
     """Stream records from parquet files in order, one row group batch at a time (bounded memory)."""
     for path in files:
-        parquet = pq.ParquetFile(path)
+        parquet = damaged_file_guard(path, lambda path=path: pq.ParquetFile(path))
         missing = [c for c in (columns or ()) if c not in parquet.schema_arrow.names]
         if missing:
             raise LongBlocksError(
                 f"{path}: missing column(s) {missing}; it has {parquet.schema_arrow.names}"
             )
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None):
+        iterator = parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+        while (batch := damaged_file_guard(path, lambda iterator=iterator: next(iterator, None))) is not None:
             yield from batch.to_pylist()
 
 
@@ -219,8 +235,8 @@ class StageWriter:
                 )
             self._remove_orphans()
             for part in self.manifest["outputs"]["parts"]:
-                ids = pq.read_table(self.out_dir / CONSUMED_DIR / f"{part['name']}.parquet")["id"]
-                self._consumed.update(ids.to_pylist())
+                path = self.out_dir / CONSUMED_DIR / f"{part['name']}.parquet"
+                self._consumed.update(damaged_file_guard(path, lambda: pq.read_table(path)["id"].to_pylist()))
             self.manifest["status"] = "running"
         else:
             self.manifest = {
@@ -251,7 +267,8 @@ class StageWriter:
         key = key or (lambda record: record[column])
         counts: Counter[str] = Counter()
         for part in self.manifest["outputs"]["parts"]:
-            table = pq.read_table(self.out_dir / DATA_DIR / f"{part['name']}.parquet", columns=[column, *columns])
+            path = self.out_dir / DATA_DIR / f"{part['name']}.parquet"
+            table = damaged_file_guard(path, lambda path=path: pq.read_table(path, columns=[column, *columns]))
             counts.update(key(r) for r in table.to_pylist())
         for outcome in self._pending:
             counts.update(key(r) for r in outcome.kept)
@@ -417,6 +434,33 @@ def _unconsumed(records: Iterable[dict[str, Any]], writer: StageWriter, group_by
         yield group
 
 
+LOCK = ".lock"
+
+
+@contextmanager
+def directory_lock(out_dir: Path) -> Iterator[None]:
+    """One run per stage directory: an advisory lock (`flock`) on `OUT/.lock`, which holds the
+    holder's pid. A second run exits with one line naming that pid; the kernel drops the lock of a
+    process that died, so a killed run's directory is simply taken over by the next run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LongBlocksError(f"{out_dir} is being written by another run (pid {holder}); wait for it to end or stop "
+                              "it, then run again") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *, part_size: int = PART_SIZE,
               overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Run `stage` on the parquet shards of `inputs` (stage directories, folders or files; none
@@ -425,18 +469,23 @@ def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *
     files = [f for path in inputs for f in input_files(path)]
     stage.prepare(files)
     params = {**stage.parameters(), **({"inputs": [str(Path(f).resolve()) for f in files]} if files else {})}
-    writer = StageWriter(out_dir, stage=stage.name, schema=stage.schema, params=params, inputs=[str(f) for f in files],
-                         part_size=part_size, overwrite=overwrite, rejection_schema=stage.rejection_schema)
     progress = progress or no_progress
-    progress(stage.name, 0, stage.total(files))
-    kept, rejected = writer.manifest["outputs"]["kept"], writer.rejected_count
-    progress(stage.name, stage.done(writer.manifest), None, kept=kept, rejected=rejected)
+    total = stage.total(files)  # reads every input's footer: a damaged file stops the run before OUT exists
     try:
-        for outcome in stage.process(stage.items(files, writer), writer):
-            writer.add(outcome)
-            kept, rejected = kept + len(outcome.kept), rejected + len(outcome.rejected)
-            progress(stage.name, stage.advance(outcome), None, kept=kept, rejected=rejected, **stage.status())
-        stats = to_json(stage.stats(Path(out_dir)))
+        with directory_lock(Path(out_dir)):
+            writer = StageWriter(out_dir, stage=stage.name, schema=stage.schema, params=params,
+                                 inputs=[str(f) for f in files], part_size=part_size, overwrite=overwrite,
+                                 rejection_schema=stage.rejection_schema)
+            progress(stage.name, 0, total)
+            kept, rejected = writer.manifest["outputs"]["kept"], writer.rejected_count
+            progress(stage.name, stage.done(writer.manifest), None, kept=kept, rejected=rejected)
+            for outcome in stage.process(stage.items(files, writer), writer):
+                writer.add(outcome)
+                kept, rejected = kept + len(outcome.kept), rejected + len(outcome.rejected)
+                progress(stage.name, stage.advance(outcome), None, kept=kept, rejected=rejected, **stage.status())
+            stats = to_json(stage.stats(Path(out_dir)))
+            manifest = writer.finish(units=list(stage.units), **({"stats": stats} if stats is not None else {}))
     finally:
         stage.close()
-    return writer.finish(units=list(stage.units), **({"stats": stats} if stats is not None else {}))
+    progress(stage.name, 0, None, done=1)
+    return manifest
