@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 SHAPES = {  # (hidden, layers, heads, kv heads, intermediate)
+    "qwen3-0.6b": (1024, 28, 16, 8, 3072),
     "qwen3-1.7b": (2048, 28, 16, 8, 6144),
     "qwen3-4b": (2560, 36, 32, 8, 9728),
     "small": (256, 4, 4, 2, 512),

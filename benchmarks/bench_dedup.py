@@ -6,7 +6,7 @@ shingle, then `MinHashLSH.insert`) measured in the same run.
 
 `--scale`: prose-like documents of 3-6k characters (Zipf word frequencies, sentences), 2% of them
 planted near-duplicates (Jaccard ~0.9) and 1% half-rewritten variants (~0.5), written as parquet;
-each method runs in its own process, which reports its wall time, peak RSS (`ru_maxrss`) and the
+each method runs in its own process, which reports its wall time, peak RSS (VmHWM) and the
 pairs it removed, scored against the planted ones: `longblocks dedup` (the stage, 1 worker), the
 plain datasketch loop (word 5-grams, the same 14 x 8 LSH, first of each candidate group removed)
 and datatrove's MinHash pipeline when it is installed (`pip install datatrove`).
@@ -123,9 +123,11 @@ def prose(n_docs: int, seed: int = 0) -> tuple[list[dict], set[frozenset[str]]]:
 
 
 def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def run_method(method: str, path: Path, work: Path) -> dict:
@@ -196,7 +198,7 @@ def scale(sizes: list[int]) -> None:
     except ImportError:
         pass
     print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; one "
-          "process per method; peak RSS = ru_maxrss of that process")
+          "process per method; peak RSS = VmHWM of that process")
     print("\n| documents | method | seconds | peak RSS (MB) | x datasketch RSS | removed | precision | recall |")
     print("|---|---|---|---|---|---|---|---|")
     for n in sizes:

@@ -91,9 +91,17 @@ def main() -> None:
     parser.add_argument("--naive-max-n", type=int, default=16384, help="skip naive PyTorch above this N (it OOMs)")
     parser.add_argument("--json", type=Path, default=None, help="also write every measurement here")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (CPU check of the script)")
+    parser.add_argument("--plan", default="", help="only these cases at these N, e.g. anchors: a@16384,a@65536,"
+                        "b@32768,c@32768 (case letter @ N); default every case at every --n")
     args = parser.parse_args()
+    if args.plan == "anchors":  # the figures the anchors compare: log-prob at 16k and 64k, full KL and the head at 32k
+        args.plan = "a@16384,a@65536,b@32768,c@32768"
+    plan = {(item.split("@")[0], int(item.split("@")[1])) for item in args.plan.split(",") if item}
     if args.smoke:
         args.n, args.hidden, args.teacher_hidden, args.vocab, args.warmup, args.iters = "64,128", 64, 96, 1031, 1, 1
+        plan = {(letter, 64 if n <= 16384 else 128) for letter, n in plan}
+    if plan:
+        args.n = ",".join(str(n) for n in sorted({n for _, n in plan}))
     dev = args.device
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU ({platform.machine()})"
@@ -165,6 +173,8 @@ def main() -> None:
             },
         }
         for case, fns in cases.items():
+            if plan and (case[1], n) not in plan:
+                continue
             row: dict[str, tuple[float, float] | str] = {}
             for impl in ("ours", "liger", "naive", "gemms"):
                 fn = fns[impl]

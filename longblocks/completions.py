@@ -45,17 +45,21 @@ class Completion:
 
 class RequestCache:
     """sqlite table request-key -> completion; keyed by model, sampling and messages (never the
-    API key). Written as each response arrives, so a killed run keeps what it paid for."""
+    API key). Written as each response arrives, so a killed run keeps what it paid for. The file is
+    opened at the first request, so a command that fails before sending any leaves none behind."""
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        if self.path:
+
+    def _open(self) -> sqlite3.Connection | None:
+        if self._db is None and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        return self._db
 
     @staticmethod
     def key(model: str, sampling: Sampling, messages: Messages) -> str:
@@ -63,18 +67,19 @@ class RequestCache:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, key: str) -> Completion | None:
-        if self._db is None:
-            return None
         with self._lock:
-            row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
+            db = self._open()
+            row = db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone() if db else None
         return Completion(**{**json.loads(row[0]), "cached": True}) if row else None
 
     def put(self, key: str, completion: Completion) -> None:
-        if self._db is None or completion.error:
+        if completion.error:
             return  # failures are not cached: a re-run tries them again
         value = json.dumps({k: v for k, v in asdict(completion).items() if k != "cached"})
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (key, value))
+            db = self._open()
+            if db is not None:
+                db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         if self._db is not None:

@@ -230,9 +230,12 @@ class DedupSection:
 
 @dataclass
 class PublishSection:
-    """Hub-ready shards and card written after the last stage (`folder` empty: `<out>/publish`);
-    `repo_id` empty: nothing is published. `push` uploads them (token from HF_TOKEN)."""
+    """Hub-ready shards and card written after the last stage, when the pipeline file has a
+    `[publish]` section (`folder` empty: `<out>/publish`). `repo_id` is the Hub repo the card's
+    loading snippet names (empty: the card shows how to load the folder) and `push` uploads to
+    (token from HF_TOKEN). `license`: the dataset's (needed for local sources; else unknown)."""
 
+    enabled: bool = False  # true when the file has a [publish] section
     repo_id: str = ""
     folder: str = ""
     pretty_name: str = "LongBlocks"
@@ -302,4 +305,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     if "source" not in sections or not sections["source"].name:
         raise LongBlocksError(f"{path}: [source] needs name = \"arxiv\" | ... | \"local:PATH\"")
     run = sections.pop("run")
+    if "publish" in data:
+        sections["publish"].enabled = data["publish"].get("enabled", True)
+    if sections["publish"].push and not sections["publish"].repo_id:
+        raise LongBlocksError(f"{path} [publish]: push = true needs repo_id = \"ORG/NAME\"")
     return PipelineConfig(out=Path(run.out), part_size=run.part_size, **sections)

@@ -27,8 +27,9 @@ from longblocks.records import DOCUMENT_SCHEMA, REJECTION_SCHEMA
 from longblocks.sources import is_code
 from longblocks.text import normalize_text
 from longblocks.manifest import DedupStats
+from longblocks.progress import Progress
 from longblocks.store import (
-    PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, batched, input_files, read_records,
+    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, input_files, read_records,
     run_stage, write_table_atomic,
 )
 

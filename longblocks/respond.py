@@ -17,7 +17,8 @@ from longblocks.config import PipelineConfig, RespondSection
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import RespondStats, llm_stats
 from longblocks.records import content_id, qa_columns, qa_schema, reasoning_column, response_column
-from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.progress import Progress
+from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
 from longblocks.text import prompt_hashes, prompt_text
 
 Answers = dict[str, Completion]

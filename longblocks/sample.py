@@ -14,7 +14,8 @@ from longblocks.manifest import SampleStats
 from longblocks.records import DOCUMENT_SCHEMA, content_id
 from longblocks.config import PipelineConfig
 from longblocks.sources import Candidate, Source, open_source
-from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.progress import Progress
+from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
 
 
 Admit = Callable[[dict[str, Any]], "dict[str, Any] | Rejection"]

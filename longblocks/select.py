@@ -16,7 +16,8 @@ from longblocks.config import PipelineConfig, SelectConfig
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA
 from longblocks.sources import is_code
-from longblocks.store import PART_SIZE, Outcome, Progress, Rejection, Stage, StageWriter, Step, batched, run_stage
+from longblocks.progress import Progress
+from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, run_stage
 
 TokenCounter = Callable[[list[str]], list[int]]
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,21 +30,13 @@ import pyarrow.parquet as pq
 from longblocks.config import PART_SIZE
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import MANIFEST, StageStats, read_manifest, to_json
+from longblocks.progress import Progress, no_progress
 from longblocks.records import REJECTION_SCHEMA, content_id
 DATA_DIR = "data"
 REJECTED_DIR = "rejected"
 CONSUMED_DIR = "consumed"
 
 
-class Progress(Protocol):
-    """The one progress callback every stage takes: `phase` names a bar (a stage may have several),
-    `advance` moves it, `total` (once, when known) sizes it, and `stats` are shown beside it."""
-
-    def __call__(self, phase: str, advance: int, total: int | None, /, **stats: int) -> None: ...
-
-
-def no_progress(phase: str, advance: int, total: int | None, /, **stats: int) -> None:
-    """The callback used when a caller passes none."""
 CONSUMED_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False)])
 _VERSIONED_PACKAGES = ("longblocks", "datasets", "pyarrow", "datasketch", "transformers", "tokenizers", "openai")
 
@@ -137,7 +129,7 @@ class ParquetRows:
     groups are kept). For trainers that draw rows in a shuffled order from large shards."""
 
     def __init__(self, files: Sequence[Path], columns: Sequence[str] | None = None, cache_groups: int = 4) -> None:
-        self.files = [pq.ParquetFile(f) for f in files]
+        self.files = [damaged_file_guard(Path(f), lambda f=f: pq.ParquetFile(f)) for f in files]
         self.columns = list(columns) if columns else None
         self.cache_groups = cache_groups
         self._index: list[tuple[int, int, int]] = []  # (first row, file, row group)
@@ -437,6 +429,15 @@ def _unconsumed(records: Iterable[dict[str, Any]], writer: StageWriter, group_by
 LOCK = ".lock"
 
 
+def check_output_dir(out_dir: Path) -> None:
+    """OUT can be a folder: it is one, or its nearest existing parent is (not a file)."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise LongBlocksError(f"cannot write the stage directory {out_dir}: {folder} is a file, not a folder")
+            return
+
+
 @contextmanager
 def directory_lock(out_dir: Path) -> Iterator[None]:
     """One run per stage directory: an advisory lock (`flock`) on `OUT/.lock`, which holds the
@@ -471,6 +472,7 @@ def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *
     params = {**stage.parameters(), **({"inputs": [str(Path(f).resolve()) for f in files]} if files else {})}
     progress = progress or no_progress
     total = stage.total(files)  # reads every input's footer: a damaged file stops the run before OUT exists
+    check_output_dir(Path(out_dir))
     try:
         with directory_lock(Path(out_dir)):
             writer = StageWriter(out_dir, stage=stage.name, schema=stage.schema, params=params,

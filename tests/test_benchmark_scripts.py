@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,6 +20,7 @@ def test_kernel_benchmark_runs_in_smoke_mode() -> None:
     assert len(rows) == 8 and all(r.split("|")[3].strip().endswith("GiB") for r in rows)  # ours measured in every case
 
 
+@pytest.mark.slow
 def test_rollout_benchmark_runs_in_smoke_mode() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_rollout.py"), "--smoke"],
                             capture_output=True, text=True, timeout=300, check=True)
@@ -31,6 +34,7 @@ def test_dedup_benchmark_runs_on_a_few_documents() -> None:
     assert "x plain" in result.stdout and result.stdout.count("| longblocks") == 2
 
 
+@pytest.mark.slow
 def test_dgrpo_step_benchmark_runs_in_smoke_mode() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dgrpo_step.py"), "--smoke"],
                             capture_output=True, text=True, timeout=600, check=True)
@@ -38,6 +42,7 @@ def test_dgrpo_step_benchmark_runs_in_smoke_mode() -> None:
     assert len(rows) == 1 and "skipped" in rows[0]
 
 
+@pytest.mark.slow
 def test_sft_step_benchmark_runs_in_smoke_mode() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sft_step.py"), "--smoke"],
                             capture_output=True, text=True, timeout=600, check=True)
@@ -45,6 +50,7 @@ def test_sft_step_benchmark_runs_in_smoke_mode() -> None:
     assert len(rows) == 1 and "skipped" in rows[0] and "longest sequence trained (of 512): ours 512" in result.stdout
 
 
+@pytest.mark.slow
 def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "claims_cpu.py"), "--out", str(tmp_path), "--smoke",
                              "--seeds", "0"], capture_output=True, text=True, timeout=600, check=True)
@@ -52,6 +58,7 @@ def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     assert [r.split(" | ")[0].strip("| ") for r in rows] == ["sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"]
 
 
+@pytest.mark.slow
 def test_opd_family_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     """The comparison script end to end on a subset of arms (every arm runs through the real loop in
     tests/trainer/test_rl.py); the horizon table is always measured."""
@@ -66,34 +73,58 @@ def test_opd_family_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     assert max(topd) <= 64 < min(full)  # TOPD stops each of the 64 rollouts at 1 token; the full horizon samples on
 
 
-def test_gpu_campaign_part_runs_and_writes_its_results_section(tmp_path: Path) -> None:
-    """`gpu_check.py --part kernels --smoke` on CPU: the steps run within the budget, their JSON lands
-    in OUT, and `--write-results` turns it into one RESULTS.md section (replaced, not appended, on re-run)."""
+@pytest.mark.slow
+def test_the_gpu_campaign_is_one_command_that_runs_on_cpu_and_writes_results_and_the_readme_status(
+        tmp_path: Path) -> None:
+    """`gpu_check.py --part all --smoke` on CPU, the GPU window's one command at tiny shapes: every
+    step runs under its cap, part-all.json holds each step as it ends, the replication recipe's
+    outputs are there (every arm trained and evaluated, curves, table, plots), and `--write-results`
+    turns it all into one RESULTS.md section (replaced, not appended, on a re-run) while the README's
+    status block still says nothing was measured on a GPU (a smoke run measures nothing there)."""
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--part", "kernels", "--smoke", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--part", "all", "--smoke", "--budget", "480",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
+    part = json.loads((out / "part-all.json").read_text())
+    assert [s["name"] for s in part["steps"]] == ["correctness", "kernels", "sft step", "dgrpo step", "claims"]
+    assert all(s["outcome"] == "ok" and s["seconds"] <= s["cap_s"] for s in part["steps"]), part["steps"]
+    for name in ("kernels.json", "sft.json", "dgrpo.json", "pytest-gpu.xml"):
+        assert (out / name).exists(), name
+    cases = {(r["case"], r["n"]) for r in json.loads((out / "kernels.json").read_text())}
+    assert {c for c, _ in cases} == {"(a) log-prob", "(b) full KL", "(c) dGRPO head"}  # the anchors' cases only
+    replicate = out / "replicate"
+    report = json.loads((replicate / "replication.json").read_text())
+    assert set(report["arms"]) == {"sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"}
+    assert all(len(entry["final"]) == 1 and set(entry["final"][0]) == {"192", "256"} for entry in report["arms"].values())
+    table = (replicate / "replication.md").read_text()
+    assert all(f"| {arm} |" in table for arm in ("teacher", "warm start", "grpo", "opd", "dgrpo", "dgrpo_cold"))
+    assert (replicate / "curves.png").stat().st_size > 0 and (replicate / "final.png").stat().st_size > 0
 
-    part = json.loads((out / "part-kernels.json").read_text())
-    assert [s["outcome"] for s in part["steps"]] == ["ok", "ok"] and part["environment"]["torch"]
-    assert (out / "kernels.json").exists() and (out / "pytest-gpu.xml").exists()
-    results = tmp_path / "RESULTS.md"
+    results, readme = tmp_path / "RESULTS.md", tmp_path / "README.md"
     results.write_text("# Results\n\nkept text\n")
+    readme.write_text("# x\n\n<!-- gpu_status: begin -->\nold\n<!-- gpu_status: end -->\n\nafter\n")
     for _ in range(2):
-        subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--write-results", str(out), "--results", str(results)],
-                       cwd=ROOT, check=True, capture_output=True, timeout=120)
+        subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--write-results", str(out), "--results", str(results),
+                        "--readme", str(readme)], cwd=ROOT, check=True, capture_output=True, timeout=120)
     text = results.read_text()
     assert text.startswith("# Results\n\nkept text") and text.count("## GPU campaign") == 1
-    assert "| (c) dGRPO head |" in text and "pytest -m gpu: ok" in text
+    assert "| (c) dGRPO head |" in text and "correctness: ok" in text and "| grpo |" in text
+    assert "**Measured on a GPU:** nothing yet" in readme.read_text() and readme.read_text().endswith("after\n")
 
 
-def test_budget_stops_a_part_and_says_so(tmp_path: Path) -> None:
+def test_a_step_past_its_cap_is_stopped_and_recorded(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--part", "kernels", "--smoke", "--budget", "8",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-
     outcomes = [s["outcome"] for s in json.loads((tmp_path / "part-kernels.json").read_text())["steps"]]
     # 8 s cannot hold both steps (the kernel benchmark alone takes longer): the part stops and says so
     assert done.returncode == 1 and outcomes[-1].startswith(("stopped after", "not run")), outcomes
+
+
+def test_the_gpu_wheels_script_names_what_the_image_lacks() -> None:
+    listed = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_wheels.sh"), "--list"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert {"liger-kernel", "trl", "datasets", "wonderwords"} <= set(listed)
+    assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_trainer_imports_without_the_pipeline_dependencies() -> None:

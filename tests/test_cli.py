@@ -136,17 +136,26 @@ def test_missing_model_teacher_tokenizer_and_data_are_one_line_errors(tiny_model
 
     data = longblocks_parquet(tmp_path / "lb.parquet", 4)
     base = [f"--data.long=[{{path='{data}'}}]", f"--run.out={tmp_path / 'out'}", "--run.tensorboard=false"]
-    cases = [
-        (["sft", f"--model.path={tmp_path / 'no-model'}", *base], "could not load tokenizer"),
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [  # a missing local path is named before anything loads; a folder that is not a model, when it loads
+        (["sft", f"--model.path={tmp_path / 'no-model'}", *base], "model.path", "no such local folder"),
         (["sft", f"--model.path={tiny_model_dir}", f"--model.tokenizer={tmp_path / 'no-tok'}", *base],
+         "model.tokenizer", "no such local folder"),
+        (["sft", f"--model.path={tiny_model_dir}", f"--model.tokenizer={empty}", *base], str(empty),
          "could not load tokenizer"),
         (["sft", f"--model.path={tiny_model_dir}", f"--data.long=[{{path='{tmp_path / 'none.parquet'}'}}]",
-          f"--run.out={tmp_path / 'o2'}"], "does not exist"),
+          f"--run.out={tmp_path / 'o2'}"], "data.long[0].path", "does not exist"),
         (["rl", f"--model.path={tiny_model_dir}", *base, "--objective.beta=1", "--teacher.source=local",
-          f"--teacher.path={tmp_path / 'no-teacher'}"], "could not load model"),
+          f"--teacher.path={tmp_path / 'no-teacher'}"], "teacher.path", "no such local folder"),
+        (["rl", f"--model.path={tiny_model_dir}", *base, "--objective.beta=1", "--teacher.source=local",
+          f"--teacher.path={empty}"], str(empty), "could not load model"),
     ]
-    for args, message in cases:
+    for args, name, message in cases:
         result = CliRunner().invoke(app, args)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2, (args, result.output[-2000:])
+        assert name in lines[-1], (args, result.output[-2000:])
+        if message == "no such local folder" or message == "does not exist":
+            assert not (tmp_path / "out").exists() and not (tmp_path / "o2").exists(), args
         assert message in lines[-1] and "Traceback" not in result.output, (args, result.output[-2000:])

@@ -32,10 +32,11 @@ def sft(
     command resumes from the latest checkpoint in run.out.
     """
     from longblocks.options import OptionError
-    from trainer.config import SFTConfig, load_config
+    from trainer.config import SFTConfig, check_paths, load_config
 
     try:
-        cfg = load_config(SFTConfig, config, list(ctx.args))  # checked before torch and the model load
+        cfg = load_config(SFTConfig, config, list(ctx.args))  # config and paths checked before torch and the model load
+        check_paths(cfg)
         from trainer.sft import train
 
         train(cfg)
@@ -61,10 +62,11 @@ replayed rollouts, `--data.replay=DIR`). Rollouts with `--rollout.engine=hf` (tr
     Runs in one process or with FSDP2 under `torchrun --nproc-per-node N`; re-running the same command resumes.
     """
     from longblocks.options import OptionError
-    from trainer.config import RLConfig, load_config
+    from trainer.config import RLConfig, check_paths, load_config
 
     try:
-        cfg = load_config(RLConfig, config, list(ctx.args))  # checked before torch and the model load
+        cfg = load_config(RLConfig, config, list(ctx.args))  # config and paths checked before torch and the model load
+        check_paths(cfg)
         from trainer.rl import train
 
         train(cfg)

@@ -373,6 +373,42 @@ class RLConfig:
             raise ConfigError("data.long is empty: give at least one [[data.long]] prompt source (or data.replay)")
 
 
+def looks_local(path: str) -> bool:
+    """A path the user means as a local file or folder (not a Hub id such as org/name)."""
+    return path.startswith((".", "/", "~")) or path.endswith(".parquet") or path.count("/") > 1 or Path(path).exists()
+
+
+def check_paths(cfg: Any) -> None:
+    """What a run reads and writes, checked before torch, the models or the data load: local model,
+    tokenizer and data paths exist, and run.out can be a folder."""
+    import glob
+
+    models = [("model.path", cfg.model.path), ("model.tokenizer", cfg.model.tokenizer)]
+    if isinstance(cfg, RLConfig):
+        models += [("teacher.path", cfg.teacher.path), ("objective.reference", cfg.objective.reference)]
+    for where, path in models:
+        if path and looks_local(path) and not Path(path).expanduser().exists():
+            raise ConfigError(f"{where} = {path!r}: no such local folder (a Hub model id looks like org/name)")
+    for section in ("long", "short"):
+        for i, source in enumerate(getattr(cfg.data, section)):
+            if looks_local(source.path) and not Path(source.path).expanduser().exists() and not glob.glob(source.path):
+                raise ConfigError(f"data.{section}[{i}].path = {source.path!r} does not exist")
+            if Path(source.path).exists():  # every parquet footer readable (a 0-byte or truncated file named now)
+                from longblocks.errors import LongBlocksError
+                from longblocks.store import count_rows, input_files
+
+                try:
+                    count_rows(input_files(source.path))
+                except LongBlocksError as exc:
+                    raise ConfigError(f"data.{section}[{i}]: {exc}") from None
+    out = Path(cfg.run.out).expanduser()
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"run.out = {cfg.run.out!r}: {folder} is a file, not a folder")
+            break
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     """The config file (TOML or YAML; none: the defaults) with the overrides applied, every key and
     type checked (`longblocks.options.build`)."""

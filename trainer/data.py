@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError, DataConfig, DataSource
+from trainer.config import ConfigError, DataConfig, DataSource, looks_local
 
 IGNORE = -100
 
@@ -30,10 +30,10 @@ def load_rows(source: DataSource) -> Any:
         try:
             return ParquetRows(input_files(path))
         except LongBlocksError as exc:
-            raise ConfigError(f"{source.path}: {exc}") from None
+            raise ConfigError(str(exc)) from None
     if glob.glob(source.path):
         return ParquetRows([Path(p) for p in sorted(glob.glob(source.path))])
-    if source.path.startswith((".", "/", "~")) or source.path.endswith(".parquet"):
+    if looks_local(source.path):
         raise ConfigError(f"data path {source.path} does not exist")
     try:
         import datasets

@@ -68,12 +68,12 @@ def setup(cfg: Any, *, optimizer_steps: int) -> Setup:
     rank, world, device = distributed.init(single_process_group=model_cfg.cpu_offload)
     seed_everything(run.seed)
     out = Path(run.out)
-    if rank == 0:
+    tokenizer = load_tokenizer(model_cfg)
+    causal_lm = load_causal_lm(model_cfg, device)  # fp32 master weights
+    if rank == 0:  # only a run that starts leaves its resolved config behind
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
         console.print_json(json.dumps(to_dict(cfg)))
-    tokenizer = load_tokenizer(model_cfg)
-    causal_lm = load_causal_lm(model_cfg, device)  # fp32 master weights
     compute_dtype = resolve_dtype(model_cfg.dtype, device)
     model = FusedLogprobLM(causal_lm)
     sharded = world > 1 or model_cfg.cpu_offload

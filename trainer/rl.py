@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from longblocks.progress import reporter
 
 from trainer import checkpoint, distributed
 from trainer import objectives
@@ -56,10 +57,8 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
 
     # -- loop -----------------------------------------------------------------------------------
-    progress = Progress(TextColumn("[bold]dgrpo"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                        TimeRemainingColumn(), console=console, disable=run.rank != 0)
-    with progress:
-        task = progress.add_task("rl", total=cfg.optim.steps, completed=step, stats="")
+    with reporter(console, quiet=run.rank != 0) as progress:
+        progress("dgrpo", step, cfg.optim.steps)
         pure_opd = all(r.weight == 0 for r in cfg.rewards)
         while step < cfg.optim.steps:
             step += 1
@@ -84,13 +83,14 @@ def train(cfg: RLConfig) -> dict[str, Any]:
             if run.rank == 0 and failures:
                 console.print(f"[yellow]step {step}: {len(failures)} rollout(s) the teacher could not score[/] "
                               f"(excluded): {failures[0]}", highlight=False)
-            progress.update(task, completed=step, stats=f"reward {record['reward_mean']:.3f}  kl {record['teacher_kl']:.4f}")
+            progress("dgrpo", 1, None, reward=record["reward_mean"], kl=record["teacher_kl"])
 
             # -- checkpoint ---------------------------------------------------------------------
             if step % cfg.run.save_every == 0 or step == cfg.optim.steps:
                 checkpoint.save(run.out / "checkpoints" / f"step-{step}", model=run.model, optimizer=run.optimizer,
                                 scheduler=run.scheduler, trainer_state={"step": step, "data": source.state})
                 checkpoint.prune(run.out / "checkpoints", keep=2)
+        progress("dgrpo", 0, None, done=1)
 
     # -- export ---------------------------------------------------------------------------------
     final = checkpoint.export_pretrained(run.causal_lm, run.tokenizer, run.out / "final", run.compute_dtype)

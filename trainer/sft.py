@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from longblocks.progress import reporter
 
 from trainer import checkpoint, distributed
 from trainer.config import SFTConfig
@@ -40,10 +41,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     losses: list[float] = []
 
     # -- loop -----------------------------------------------------------------------------------
-    progress = Progress(TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                        TimeRemainingColumn(), console=console, disable=rank != 0)
-    with progress:
-        task = progress.add_task("sft", total=cfg.optim.steps, completed=step, stats="")
+    with reporter(console, quiet=rank != 0) as progress:
+        progress("sft", step, cfg.optim.steps)
         while step < cfg.optim.steps:
             started = time.perf_counter()
             packs = next(batches)
@@ -79,7 +78,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 torch.cuda.reset_peak_memory_stats(device)
             if step % cfg.run.log_every == 0 or step == cfg.optim.steps:
                 metrics.log(step, record)
-            progress.update(task, completed=step, stats=f"loss {loss:.4f}  {seq_tokens / elapsed:,.0f} tok/s")
+            progress("sft", 1, None, loss=loss, tokens_per_s=round(seq_tokens / elapsed))
 
             # -- checkpoint ---------------------------------------------------------------------
             if step % cfg.run.save_every == 0 or step == cfg.optim.steps:
@@ -87,6 +86,8 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
                 checkpoint.save(ckpt_root / f"step-{step}", model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainer_state=state)
                 checkpoint.prune(ckpt_root, keep=2)
+
+        progress("sft", 0, None, done=1)
 
     # -- export ---------------------------------------------------------------------------------
     final = checkpoint.export_pretrained(causal_lm, tokenizer, out / "final", run.compute_dtype)

@@ -36,6 +36,13 @@ def shard(path: Path, docs: list[dict]) -> Path:
     return path
 
 
+def markdown_folder(path: Path, docs: list[dict]) -> Path:
+    path.mkdir()
+    for i, doc in enumerate(docs):
+        (path / f"{i:03d}.md").write_text(doc["text"])
+    return path
+
+
 def one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -67,10 +74,7 @@ def test_a_second_run_in_the_same_directory_is_refused_naming_the_holder_and_a_d
 
 
 def test_two_concurrent_pipeline_runs_one_refused_one_complete(tmp_path: Path) -> None:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i, doc in enumerate(documents(40)):
-        (docs / f"{i:03d}.md").write_text(doc["text"])
+    docs = markdown_folder(tmp_path / "docs", documents(40))
     pipeline = tmp_path / "p.toml"
     pipeline.write_text(f'[run]\nout = "{tmp_path / "run"}"\npart_size = 1\n[source]\nname = "local:{docs}"\n'
                         f'[select]\nmin_tokens = 50\n')
@@ -137,10 +141,7 @@ def test_a_damaged_committed_part_or_manifest_is_one_line_naming_the_file(tmp_pa
 
 
 def test_a_stage_that_keeps_nothing_ends_the_run_with_its_rejection_summary(tmp_path: Path) -> None:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    for i, doc in enumerate(documents(4)):
-        (docs / f"{i}.md").write_text(doc["text"])
+    docs = markdown_folder(tmp_path / "docs", documents(4))
     pipeline = tmp_path / "p.toml"
     pipeline.write_text(f'[run]\nout = "{tmp_path / "run"}"\n[source]\nname = "local:{docs}"\n'
                         f'[select]\nmin_tokens = 100000\nmax_tokens = 200000\n')

@@ -46,6 +46,7 @@ def stage_files(out: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_select_killed_with_sigkill_resumes_to_identical_output(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", 4000)
     args = ["--tokenizer", str(tiny_tokenizer_dir), "--min-tokens", "100", "--max-tokens", "2500",

@@ -205,6 +205,7 @@ def test_bf16_compute_with_fp32_master_weights_moves_the_weights_like_fp32(task:
                                                                           rel=5e-2)
 
 
+@pytest.mark.slow
 def test_fsdp2_mixed_precision_keeps_fp32_master_weights(task: SimpleNamespace, tmp_path: Path) -> None:
     """torchrun, 2 gloo processes, FSDP2 with param_dtype=bf16 and fp32 reduction: the sharded fp32
     master weights move like the single-process fp32 run's."""

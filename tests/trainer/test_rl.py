@@ -70,6 +70,7 @@ def reward_curve(history: list[dict]) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.slow
 def test_on_policy_distillation_alone_teaches_the_student(task: SimpleNamespace, tmp_path: Path, dtype: str) -> None:
     """beta > 0 and reward weight 0: the only signal is the teacher's KL on the student's tokens.
     Also with bf16 compute (CPU autocast over fp32 master weights), as on the GPU."""
@@ -135,6 +136,7 @@ def test_gopd_tip_reopold_and_jsd_run_end_to_end(task: SimpleNamespace, tmp_path
     assert all(h["teacher_kl"] > 0 for h in history["jsd"])
 
 
+@pytest.mark.slow
 def test_dgrpo_with_reward_and_teacher_learns(task: SimpleNamespace, tmp_path: Path) -> None:
     from trainer.rl import train
 
@@ -173,6 +175,7 @@ def test_served_teacher_failure_is_reported_not_zero(task: SimpleNamespace) -> N
     assert isinstance(result, TeacherFailure) and "Connection" in result.reason
 
 
+@pytest.mark.slow
 def test_rl_cli_runs_with_each_teacher_source(task: SimpleNamespace, tmp_path: Path) -> None:
     small = ["--rollout.prompts_per_step=4", "--rollout.group_size=2", "--optim.steps=3", "--objective.beta=0.5"]
     # local teacher, exact full-vocabulary KL through the fused kernels
@@ -229,6 +232,7 @@ def test_reward_failures_are_recorded_and_their_rollouts_excluded(task: SimpleNa
     assert failed and all(math.isnan(json.loads(r["rewards"])["flaky"]) for r in failed)
 
 
+@pytest.mark.slow
 def test_killed_rl_run_resumes_with_the_same_metrics(task: SimpleNamespace, tmp_path: Path) -> None:
     args = ["--rollout.prompts_per_step=4", "--rollout.group_size=2", "--optim.steps=8", "--run.save_every=2",
             "--objective.beta=0.5", "--teacher.source=local", f"--teacher.path={task.teacher}"]
@@ -243,6 +247,7 @@ def test_killed_rl_run_resumes_with_the_same_metrics(task: SimpleNamespace, tmp_
         assert a == pytest.approx(b, rel=1e-6, abs=1e-9), a["step"]
 
 
+@pytest.mark.slow
 def test_fsdp2_two_processes_match_one_process(task: SimpleNamespace, tmp_path: Path) -> None:
     args = ["--rollout.prompts_per_step=4", "--rollout.group_size=2", "--optim.steps=3", "--objective.beta=0.5",
             "--teacher.source=local", f"--teacher.path={task.teacher}", "--optim.micro_batch_rollouts=2"]

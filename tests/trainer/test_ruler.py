@@ -266,6 +266,7 @@ def test_a_length_too_short_for_the_task_is_a_clear_error(tasks, tokenizer) -> N
         one("vt", tasks, tokenizer, length=300)
 
 
+@pytest.mark.slow
 def test_eval_ruler_on_a_tiny_model(tiny_model_dir: Path, essay_dir: Path, qa_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = cli("dgrpo-train", "eval", "--model", str(tiny_model_dir), "--tasks", "ruler", "--lengths", "2048",

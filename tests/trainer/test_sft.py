@@ -130,6 +130,7 @@ def test_sft_on_longblocks_columns_loss_decreases_and_exports(tiny_model_dir: Pa
     assert (tmp_path / "run" / "config.json").exists() and (tmp_path / "run" / "metrics.png").exists()
 
 
+@pytest.mark.slow
 def test_killed_sft_resumes_with_identical_following_losses(tiny_model_dir: Path, tmp_path: Path) -> None:
     long = longblocks_parquet(tmp_path / "lb.parquet", 40)
     ref_cfg = write_config(tmp_path / "ref.toml", tiny_model_dir, long, None, tmp_path / "ref")
@@ -150,6 +151,7 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr and "unknown key" in result.stderr
 
 
+@pytest.mark.slow
 def test_fsdp2_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: Path) -> None:
     """torchrun --nproc-per-node 2 (gloo, CPU) with FSDP2 sees the same global batches as one
     process and gives the same losses to tolerance."""

@@ -51,7 +51,13 @@ class Scale:
 
 
 FULL = Scale([2048, 4096, 8192], (512, 6), (256, 4), 1500, 60, 300, 16, 8, 20000, 50, 4096)
+# One 15-minute GPU window leaves this step ~2-3 minutes for every arm and one seed. Sized from
+# the smoke scale's CPU cost (tokens x parameters, with the arms' steps counted): about 40x the
+# smoke's model FLOPs, which a GPU runs faster than the CPU runs the smoke (the small models are
+# launch-bound there), so the whole window scale should end within its cap.
+WINDOW = Scale([512, 1024], (256, 4), (128, 2), 200, 10, 30, 8, 8, 2000, 20, 2048)
 SMOKE = Scale([192, 256], (64, 2), (64, 2), 6, 2, 3, 2, 2, 60, 2, 600)
+SCALES = {"full": FULL, "window": WINDOW, "smoke": SMOKE}
 
 
 class _WordCounter:
@@ -178,6 +184,8 @@ def main() -> None:
                              "niah_single_1 with --smoke (one needle fits its 192-256 tokens)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--smoke", action="store_true", help="tiny models and a few steps (CPU, minutes)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default=None,
+                        help="full (the GPU replication), window (every arm inside one 15-minute GPU window), smoke")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--extra-arms", default="", help="comma-separated arms of the on-policy distillation family "
                         "(trainer/recipes/family.py) run after the paper's five, e.g. vopd,topd,reopold")
@@ -187,8 +195,9 @@ def main() -> None:
     extra = [a for a in args.extra_arms.split(",") if a]
     if set(extra) - set(FAMILY):
         parser.error(f"unknown --extra-arms {sorted(set(extra) - set(FAMILY))}; the family: {', '.join(FAMILY)}")
-    scale = SMOKE if args.smoke else FULL
-    args.task = args.task or ("niah_single_1" if args.smoke else "niah_multikey_1")
+    scale = SCALES[args.scale or ("smoke" if args.smoke else "full")]
+    small = scale is not FULL
+    args.task = args.task or ("niah_single_1" if small else "niah_multikey_1")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if not args.plot_only:

@@ -88,3 +88,34 @@ def test_license_conflict_and_sizes() -> None:
 def test_cli_publish(run_dir: Path, tmp_path: Path) -> None:
     result = cli("longblocks", "publish", str(run_dir), str(tmp_path / "pub"), "--repo-id", "org/x", "--max-shard-size", "100KB")
     assert "Traceback" not in result.stderr and (tmp_path / "pub" / "README.md").exists()
+
+
+def test_the_card_says_what_the_run_did_its_models_the_local_license_and_how_to_load_the_folder(
+        tmp_path: Path) -> None:
+    from longblocks.manifest import llm_stats, to_json
+    from longblocks.records import qa_schema
+    from longblocks.store import Outcome, StageWriter
+
+    run = tmp_path / "run"
+    generate = StageWriter(run / "generate", stage="generate", schema=qa_schema(), params={})
+    generate.add(Outcome("d", kept=[{"id": "q", "document": "d", "source": "local", "language": "python",
+                                     "question": "q?", "answer": "a", "doc_id": "d", "question_type": "summary"}]))
+    small = {"backend": "transformers", "model": "/cache/SmolLM2-135M-Instruct", "model_size": "135M"}
+    generate.finish(stats=to_json(llm_stats(small, question_types=["summary"], n_questions=2, prompt_sha256={})))
+    StageWriter(run / "judge", stage="judge", schema=qa_schema(), params={}).finish(
+        stats=to_json(llm_stats(small, mode="choice", prompt_sha256={})))
+    publish(run / "generate", tmp_path / "unknown")
+    card = (tmp_path / "unknown" / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "unknown" and "local: not stated (set [publish] license" in card
+    assert "written by `SmolLM2-135M-Instruct` (135M parameters)" in card and "strong LLM" not in card
+    assert "/cache/" not in card  # not the path of the machine that built it
+    assert f'load_dataset("parquet", data_files="{tmp_path / "unknown"}/data/train-*.parquet"' in card
+    publish(run / "generate", tmp_path / "psf", license="psf-2.0", repo_id="me/qs")
+    meta = yaml.safe_load((tmp_path / "psf" / "README.md").read_text().split("---")[1])
+    assert (meta["license"], meta["license_name"], meta["license_link"]) == (
+        "other", "psf-2.0", "https://docs.python.org/3/license.html")
+    assert 'load_dataset("me/qs", split="train")' in (tmp_path / "psf" / "README.md").read_text()
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "unknown" / "data" / "train-*.parquet"),
+                               split="train")
+    assert ds.num_rows == 1

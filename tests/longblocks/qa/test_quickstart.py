@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from longblocks.manifest import stage_stats
 
@@ -53,6 +54,12 @@ def test_quickstart_publishes_a_dataset_that_loads_like_longblocks(smollm2: Path
     assert f"-> {publish}" in summary
     card = (publish / "README.md").read_text()
     assert card.startswith("---\n") and "SmolLM2-135M-Instruct" in card
+    # the card says what this run did: a 135M model wrote and judged the pairs, the stdlib is PSF-licensed,
+    # and the folder (no Hub repo was named) is what the loading snippet reads
+    meta = yaml.safe_load(card.split("---")[1])
+    assert (meta["license"], meta["license_name"]) == ("other", "psf-2.0")
+    assert "(135M parameters)" in card and "strong LLM" not in card and "ORG/NAME" not in card
+    assert f'data_files="{publish}/data/train-*.parquet"' in card
     ds = datasets.load_dataset(str(publish), split="train")
     assert ds.num_rows == judge["outputs"]["kept"] >= 1
     assert ds.column_names == ["id", "document", "source", "language", "question", "answer", RESPONSE]

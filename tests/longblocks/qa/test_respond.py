@@ -45,6 +45,7 @@ def pipeline_file(path: Path, docs: Path, out: Path, url: str, dead_url: str, pa
     return path
 
 
+@pytest.mark.slow
 def test_responses_of_every_responder_publish_as_longblocks_and_train(tmp_path: Path, tiny_model_dir: Path) -> None:
     docs = corpus(tmp_path / "docs", 4)
     dead = f"http://127.0.0.1:{_free_port()}/v1"  # a replica that is down for the whole run
