@@ -185,18 +185,19 @@ def run_datatrove(path: Path, work: Path) -> list[tuple[str, str]]:
     return removed
 
 
-def scale(sizes: list[int]) -> None:
+def scale(sizes: list[int], methods: list[str] | None = None) -> None:
     import json
     import subprocess
     import sys
 
-    methods = ["longblocks", "datasketch"]
-    try:
-        import datatrove  # noqa: F401
+    if methods is None:
+        methods = ["longblocks", "datasketch"]
+        try:
+            import datatrove  # noqa: F401
 
-        methods.append("datatrove")
-    except ImportError:
-        pass
+            methods.append("datatrove")
+        except ImportError:
+            pass
     print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; one "
           "process per method; peak RSS = VmHWM of that process")
     print("\n| documents | method | seconds | peak RSS (MB) | x datasketch RSS | removed | precision | recall |")
@@ -215,7 +216,7 @@ def scale(sizes: list[int]) -> None:
                 out = subprocess.run([sys.executable, __file__, "--run", method, "--input", str(path), "--work", str(work)],
                                      capture_output=True, text=True, check=True)
                 results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            base = results["datasketch"]["peak_rss_mb"]
+            base = results["datasketch"]["peak_rss_mb"] if "datasketch" in results else float("nan")
             members = set().union(*planted) if planted else set()
             for method, r in results.items():
                 removed_ids = {p[0] for p in r["removed"]}
@@ -235,6 +236,8 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale", help="comma-separated corpus sizes: peak memory and time per method")
+    parser.add_argument("--methods", help="--scale: comma-separated subset of longblocks,datasketch,datatrove "
+                        "(default: all that are installed)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -245,7 +248,7 @@ def main() -> None:
         print(json.dumps(run_method(args.run, args.input, args.work)))
         return
     if args.scale:
-        scale([int(n) for n in args.scale.split(",")])
+        scale([int(n) for n in args.scale.split(",")], args.methods.split(",") if args.methods else None)
         return
     cfg = DedupConfig()
     docs = corpus(args.docs, args.words)

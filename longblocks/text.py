@@ -5,6 +5,7 @@ model's output into answer and reasoning. Must not know about records, stages or
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -14,8 +15,9 @@ _PUNCT_RE = re.compile(r"[^\w\s]|_", re.UNICODE)
 _DIGITS_RE = re.compile(r"\d+")
 
 
+@functools.lru_cache(maxsize=None)
 def prompt_text(name: str) -> str:
-    """A prompt template shipped in `longblocks/prompts/<name>.txt`."""
+    """A prompt template shipped in `longblocks/prompts/<name>.txt` (read once per process)."""
     return resources.files("longblocks.prompts").joinpath(f"{name}.txt").read_text(encoding="utf-8")
 
 
