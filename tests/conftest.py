@@ -184,7 +184,8 @@ def smollm2() -> Path:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Files holding a `slow` test first, each file's tests kept together and in order: with
-    `pytest -n 2 --dist loadfile` the long files start at once instead of ending the run alone."""
+    `pytest -n 2 --dist loadfile --no-loadscope-reorder` the long files start at once instead of
+    ending the run alone (xdist's default reorder puts files with the most tests first)."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     first_seen = {}
     for index, item in enumerate(items):
