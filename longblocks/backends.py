@@ -153,6 +153,9 @@ class OpenAIBackend:
         ready: dict[int, tuple[T, Completion]] = {}
         sizes: dict[int, int] = {}
         held = sent = head = 0
+        # Finished requests are handed over through a queue: one wake-up per batch of completions,
+        # without re-arming a wait on every running request each time one ends.
+        done: asyncio.Queue[asyncio.Task[Completion]] = asyncio.Queue()
         try:
             while True:
                 while not exhausted and len(running) < 2 * self.concurrency and held < budget:
@@ -169,7 +172,9 @@ class OpenAIBackend:
                         self.stats.cached += 1
                         ready[sent] = (item, cached)
                     else:
-                        running[self._loop.create_task(self._complete_and_cache(key, messages))] = sent
+                        task = self._loop.create_task(self._complete_and_cache(key, messages))
+                        task.add_done_callback(done.put_nowait)
+                        running[task] = sent
                         waiting[sent] = item
                     sent += 1
                 while head in ready:  # in input order, as far as it goes
@@ -181,7 +186,9 @@ class OpenAIBackend:
                     if exhausted:
                         return
                     continue
-                finished, _ = self._loop.run_until_complete(asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED))
+                finished = [self._loop.run_until_complete(done.get())]
+                while not done.empty():
+                    finished.append(done.get_nowait())
                 for task in finished:
                     index = running.pop(task)
                     completion = task.result()
