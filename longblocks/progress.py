@@ -35,6 +35,14 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def stats_text(stats: dict[str, Any], separator: str, *, spaced_names: bool = False) -> str:
+    """A phase's counters as `name value` pairs (floats to 4 significant digits)."""
+    def name(key: str) -> str:
+        return key.replace("_", " ") if spaced_names else key
+
+    return separator.join(f"{name(k)} {v:.4g}" if isinstance(v, float) else f"{name(k)} {v}" for k, v in stats.items())
+
+
 @dataclass
 class _Phase:
     started: float
@@ -100,8 +108,8 @@ class PlainProgress:
         if state.total and rate > 0 and state.done < state.total and not prefix:
             parts.append(f"ETA {_clock((state.total - state.done) / rate)}")
         parts.append(f"[{_clock(elapsed)}]")
-        parts += [f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
-                  for k, v in state.stats.items()]
+        if state.stats:
+            parts.append(stats_text(state.stats, " ", spaced_names=True))
         return " ".join(parts)
 
 
@@ -143,7 +151,7 @@ def reporter(console: Any, *, quiet: bool = False, plain: bool | None = None,
                 tasks[phase] = bars.add_task(phase, total=total, stats="")
             elif total is not None:
                 bars.update(tasks[phase], total=total)
-            fields = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+            fields = stats_text(stats, "  ")
             bars.update(tasks[phase], advance=advance, **({"stats": fields} if fields else {}))
 
         yield update
