@@ -22,18 +22,19 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from longblocks.dedup import SCHEME, DedupConfig, dedup, sketch
+# Only what every method needs is imported here: `--run datasketch` (one method's own process, whose
+# peak RSS is measured) must not carry longblocks' modules, and `--run longblocks` not datatrove's.
+from longblocks.config import DedupConfig
 from longblocks.text import normalize_text
-from longblocks.records import DOCUMENT_SCHEMA, make_document
 
 
 def corpus(n_docs: int, n_words: int, seed: int = 0) -> list[dict]:
+    from longblocks.records import make_document
+
     rng = random.Random(seed)
     vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10))) for _ in range(30000)]
     weights = 1.0 / np.arange(1, len(vocab) + 1)  # Zipf-like word frequencies, as in real text
@@ -49,7 +50,9 @@ def corpus(n_docs: int, n_words: int, seed: int = 0) -> list[dict]:
     return docs
 
 
-def plain_loop(docs: list[dict], cfg: DedupConfig) -> tuple[float, MinHashLSH, list]:
+def plain_loop(docs: list[dict], cfg: DedupConfig) -> tuple[float, Any, list]:
+    from datasketch import MinHash, MinHashLSH
+
     start = time.perf_counter()
     lsh = MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
     kept = []
@@ -64,7 +67,11 @@ def plain_loop(docs: list[dict], cfg: DedupConfig) -> tuple[float, MinHashLSH, l
     return time.perf_counter() - start, lsh, kept
 
 
-def ours_in_process(docs: list[dict], cfg: DedupConfig) -> tuple[float, MinHashLSH, list]:
+def ours_in_process(docs: list[dict], cfg: DedupConfig) -> tuple[float, Any, list]:
+    from datasketch import LeanMinHash, MinHashLSH
+
+    from longblocks.dedup import SCHEME, sketch
+
     start = time.perf_counter()
     lsh = MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
     kept = []
@@ -90,6 +97,8 @@ def index_bytes_per_doc(fn, docs: list[dict], cfg: DedupConfig) -> float:
 
 def prose(n_docs: int, seed: int = 0) -> tuple[list[dict], set[frozenset[str]]]:
     """Prose-like documents of 3-6k characters and the pairs planted as near-duplicates (J >= 0.8)."""
+    from longblocks.records import make_document
+
     rng = random.Random(seed)
     nprng = np.random.default_rng(seed)
     vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10))) for _ in range(50000)]
@@ -132,15 +141,23 @@ def peak_rss_mb() -> float:
 
 def run_method(method: str, path: Path, work: Path) -> dict:
     """One method on the parquet at `path`, in this process: seconds, peak RSS, removed pairs."""
+    import pyarrow.parquet as pq
+
     cfg = DedupConfig()
     start = time.perf_counter()
     removed: list[tuple[str, str]] = []
     if method == "longblocks":
+        from longblocks.dedup import dedup
+
         dedup(path, work / "out", cfg, workers=1)
         removed = [(r["id"], r["survivor_id"]) for r in pq.read_table(work / "out" / "rejected").to_pylist()]
     elif method == "datasketch":
+        from datasketch import MinHash, MinHashLSH
+
         lsh = MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256, columns=["id", "text"]):
+        # read as longblocks reads (a row group at a time, no pre-buffering of the whole file)
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=256, columns=["id", "text"],
+                                                                          use_threads=False):
             for row in batch.to_pylist():
                 words = normalize_text(row["text"]).split()
                 m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
@@ -185,10 +202,15 @@ def run_datatrove(path: Path, work: Path) -> list[tuple[str, str]]:
     return removed
 
 
-def scale(sizes: list[int], methods: list[str] | None = None) -> None:
+def scale(sizes: list[int], methods: list[str] | None = None, datatrove_python: str | None = None) -> None:
     import json
     import subprocess
     import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longblocks.records import DOCUMENT_SCHEMA
 
     if methods is None:
         methods = ["longblocks", "datasketch"]
@@ -197,7 +219,8 @@ def scale(sizes: list[int], methods: list[str] | None = None) -> None:
 
             methods.append("datatrove")
         except ImportError:
-            pass
+            if datatrove_python:
+                methods.append("datatrove")
     print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; one "
           "process per method; peak RSS = VmHWM of that process")
     print("\n| documents | method | seconds | peak RSS (MB) | x datasketch RSS | removed | precision | recall |")
@@ -213,8 +236,11 @@ def scale(sizes: list[int], methods: list[str] | None = None) -> None:
             for method in methods:
                 work = Path(tmp) / method
                 work.mkdir()
-                out = subprocess.run([sys.executable, __file__, "--run", method, "--input", str(path), "--work", str(work)],
-                                     capture_output=True, text=True, check=True)
+                python = datatrove_python if method == "datatrove" and datatrove_python else sys.executable
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                                    os.environ.get("PYTHONPATH", "")])}
+                out = subprocess.run([python, __file__, "--run", method, "--input", str(path), "--work", str(work)],
+                                     capture_output=True, text=True, check=True, env=env)
                 results[method] = json.loads(out.stdout.strip().splitlines()[-1])
             base = results["datasketch"]["peak_rss_mb"] if "datasketch" in results else float("nan")
             members = set().union(*planted) if planted else set()
@@ -238,6 +264,9 @@ def main() -> None:
     parser.add_argument("--scale", help="comma-separated corpus sizes: peak memory and time per method")
     parser.add_argument("--methods", help="--scale: comma-separated subset of longblocks,datasketch,datatrove "
                         "(default: all that are installed)")
+    parser.add_argument("--datatrove-python", help="--scale: the interpreter of an environment with datatrove (datatrove "
+                        "0.10 needs xxhash<4, which this project's environment does not pin): python -m venv dt && "
+                        "dt/bin/pip install datatrove 'xxhash<4' datasketch")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -248,8 +277,15 @@ def main() -> None:
         print(json.dumps(run_method(args.run, args.input, args.work)))
         return
     if args.scale:
-        scale([int(n) for n in args.scale.split(",")], args.methods.split(",") if args.methods else None)
+        scale([int(n) for n in args.scale.split(",")], args.methods.split(",") if args.methods else None,
+              args.datatrove_python)
         return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longblocks.dedup import dedup
+    from longblocks.records import DOCUMENT_SCHEMA
+
     cfg = DedupConfig()
     docs = corpus(args.docs, args.words)
     print(f"device: CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}, python {platform.python_version()}")

@@ -1,15 +1,18 @@
-"""MinHash near-duplicate removal with datasketch: shingle, sketch (parallel), LSH candidates,
+"""MinHash near-duplicate removal: shingle, sketch with datasketch (parallel), LSH candidates,
 exact Jaccard verification, union-find clusters, one deterministic survivor per cluster.
-Must not hold all documents in memory: only ids, compact sketches, and the shingle sets of LSH
-candidates while they are verified.
+Must not hold all documents in memory: only ids, the signatures as one uint32 matrix, and the
+shingle sets of LSH candidates while they are verified. The in-memory LSH is a sort per band over
+that matrix (the same candidate pairs as datasketch's MinHashLSH, whose per-band tables of Python
+sets cost ~6 KB a document); `--lsh-storage redis` keeps datasketch's index in Redis instead.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from multiprocessing import get_context
@@ -18,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
@@ -29,8 +33,8 @@ from longblocks.text import normalize_text
 from longblocks.manifest import DedupStats
 from longblocks.progress import Progress
 from longblocks.store import (
-    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, input_files, read_records,
-    run_stage, write_table_atomic,
+    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, count_rows, damaged_file_guard, input_files,
+    open_parquet, read_records, run_stage,
 )
 
 SCHEME = "affine32"  # datasketch >= 2.0 default; sketches of other schemes are not comparable
@@ -130,12 +134,8 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (a.size + b.size - inter)
 
 
-def make_lsh(cfg: DedupConfig, storage: str, redis_url: str | None) -> tuple[MinHashLSH, Callable[[], None]]:
-    """An LSH index in memory, or in Redis (datasketch's storage) for corpora beyond one machine."""
-    if storage == "memory":
-        return MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows)), lambda: None
-    if storage != "redis":
-        raise LongBlocksError(f"unknown LSH storage {storage!r}; use memory or redis")
+def make_lsh(cfg: DedupConfig, redis_url: str | None) -> tuple[MinHashLSH, Callable[[], None]]:
+    """datasketch's LSH index kept in Redis, for corpora whose band tables outgrow one machine."""
     try:
         import redis
     except ImportError:
@@ -161,6 +161,79 @@ def make_lsh(cfg: DedupConfig, storage: str, redis_url: str | None) -> tuple[Min
 
 
 @dataclass
+class Signatures:
+    """The signatures of the documents that have at least one shingle (the others are never
+    candidates): ids, lengths and one row of `num_perm` uint32 hash values each, about
+    4 x num_perm bytes a document (450 bytes at 14 x 8) where an in-memory MinHashLSH holds ~6 KB."""
+
+    ids: list[str]
+    n_chars: np.ndarray  # int64
+    values: np.ndarray  # (n, num_perm) uint32
+
+
+def read_signatures(files: Sequence[Path], num_perm: int) -> Signatures:
+    """The signature sub-stage's parts as one matrix, read a batch at a time into a preallocated array."""
+    total = count_rows(files)
+    values = np.empty((total, num_perm), dtype=np.uint32)
+    n_chars = np.empty(total, dtype=np.int64)
+    ids: list[str] = []
+    row = 0
+    for path in files:
+        parquet = open_parquet(path)
+        batches = parquet.iter_batches(batch_size=4096, columns=["id", "n_chars", "n_shingles", "hashvalues"],
+                                       use_threads=False)
+        while (batch := damaged_file_guard(path, lambda batches=batches: next(batches, None))) is not None:
+            flat = batch.column("hashvalues").flatten().to_numpy()
+            if flat.size != batch.num_rows * num_perm:
+                raise LongBlocksError(f"{path}: signatures of another size than num_perm={num_perm}; "
+                                      "run dedup with --overwrite")
+            keep = batch.column("n_shingles").to_numpy() > 0
+            k = int(keep.sum())
+            values[row : row + k] = flat.reshape(batch.num_rows, num_perm)[keep]
+            n_chars[row : row + k] = batch.column("n_chars").to_numpy()[keep]
+            ids.extend(batch.column("id").filter(pa.array(keep)).to_pylist())
+            row += k
+    return Signatures(ids, n_chars[:row], values[:row])
+
+
+def band_pairs(values: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Candidate pairs (i < j, as i * n + j, sorted, unique): the rows that agree on every hash value
+    of at least one band, exactly the pairs datasketch's MinHashLSH with params (bands, rows)
+    returns (it keys each band's table by those same values). One sort per band instead of an index
+    of Python objects, so the memory is the signature matrix and the pairs."""
+    n = len(values)
+    codes = []
+    for band in range(bands):
+        keys = values[:, band * rows : (band + 1) * rows]
+        order = np.lexsort(keys.T[::-1])
+        ordered = keys[order]
+        same = np.all(ordered[1:] == ordered[:-1], axis=1)  # row k + 1 of the sorted band equals row k
+        if not same.any():
+            continue
+        starts = np.flatnonzero(np.concatenate(([True], ~same)))
+        sizes = np.diff(np.append(starts, n))
+        for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
+            members = np.sort(order[start : start + size]).astype(np.int64)
+            first, second = np.triu_indices(size, 1)
+            codes.append(members[first] * n + members[second])
+    return np.unique(np.concatenate(codes)) if codes else np.empty(0, dtype=np.int64)
+
+
+def redis_pairs(values: np.ndarray, cfg: DedupConfig, redis_url: str | None) -> np.ndarray:
+    """The same candidate pairs from datasketch's MinHashLSH in Redis (query, then insert, per row)."""
+    lsh, drop = make_lsh(cfg, redis_url)
+    n, codes = len(values), []
+    try:
+        for i, row in enumerate(values):
+            minhash = LeanMinHash(seed=cfg.seed, hashvalues=row, scheme=SCHEME)
+            codes.extend(int(other) * n + i for other in lsh.query(minhash))
+            lsh.insert(str(i), minhash, check_duplication=False)
+    finally:
+        drop()
+    return np.unique(np.asarray(codes, dtype=np.int64))
+
+
+@dataclass
 class DedupResult:
     survivors: dict[str, str]  # id of every document in a cluster of size > 1 -> survivor id
     jaccard_to_survivor: dict[str, float]
@@ -170,7 +243,7 @@ class DedupResult:
 
 
 def find_duplicates(
-    signatures: Iterable[dict[str, Any]],
+    signatures: Signatures,
     documents: Callable[[], Iterator[dict[str, Any]]],
     cfg: DedupConfig,
     *,
@@ -178,37 +251,30 @@ def find_duplicates(
     redis_url: str | None = None,
 ) -> DedupResult:
     """LSH candidates from the signatures, then exact Jaccard on the candidates' shingle sets."""
-    lsh, drop = make_lsh(cfg, storage, redis_url)
-    pairs: set[tuple[str, str]] = set()
-    n_chars: dict[str, int] = {}
-    try:
-        for sig in signatures:
-            if sig["n_shingles"] == 0:
-                continue
-            minhash = LeanMinHash(seed=cfg.seed, hashvalues=np.asarray(sig["hashvalues"], dtype=np.uint32), scheme=SCHEME)
-            for other in lsh.query(minhash):
-                other = other.decode() if isinstance(other, bytes) else other
-                pairs.add((min(other, sig["id"]), max(other, sig["id"])))
-            lsh.insert(sig["id"], minhash, check_duplication=False)
-            n_chars[sig["id"]] = sig["n_chars"]
-    finally:
-        drop()
-
-    candidates = {i for pair in pairs for i in pair}
-    shingles: dict[str, np.ndarray] = {}
-    if candidates:
+    if storage == "memory":
+        pairs = band_pairs(signatures.values, cfg.bands, cfg.rows)
+    elif storage == "redis":
+        pairs = redis_pairs(signatures.values, cfg, redis_url)
+    else:
+        raise LongBlocksError(f"unknown LSH storage {storage!r}; use memory or redis")
+    n = len(signatures.ids)
+    first, second = np.divmod(pairs, n) if n else (pairs, pairs)
+    index = {signatures.ids[i]: i for i in np.union1d(first, second).tolist()}
+    shingles: dict[int, np.ndarray] = {}
+    if index:
         for doc in documents():
-            if doc["id"] in candidates and doc["id"] not in shingles:
-                shingles[doc["id"]] = shingle_hashes(doc["text"], ngram=cfg.ngram, code=is_code(doc))
+            i = index.get(doc["id"])
+            if i is not None and i not in shingles:
+                shingles[i] = shingle_hashes(doc["text"], ngram=cfg.ngram, code=is_code(doc))
     union = UnionFind()
     verified = 0
-    for a, b in sorted(pairs):
+    for a, b in zip(first.tolist(), second.tolist()):
         if jaccard(shingles[a], shingles[b]) >= cfg.threshold:
-            union.union(a, b)
+            union.union(signatures.ids[a], signatures.ids[b])
             verified += 1
-    members: dict[str, list[str]] = defaultdict(list)
-    for doc_id in candidates:
-        members[union.find(doc_id)].append(doc_id)
+    members: dict[str, list[int]] = defaultdict(list)
+    for i in index.values():
+        members[union.find(signatures.ids[i])].append(i)
     survivors: dict[str, str] = {}
     jaccards: dict[str, float] = {}
     sizes: dict[str, int] = {}
@@ -216,11 +282,11 @@ def find_duplicates(
         if len(group) < 2:
             continue
         # Keep the longest document; ties go to the smallest id. Independent of order and workers.
-        keep = min(group, key=lambda i: (-n_chars[i], i))
-        sizes[keep] = len(group)
-        for doc_id in group:
-            survivors[doc_id] = keep
-            jaccards[doc_id] = 1.0 if doc_id == keep else jaccard(shingles[doc_id], shingles[keep])
+        keep = min(group, key=lambda i: (-int(signatures.n_chars[i]), signatures.ids[i]))
+        sizes[signatures.ids[keep]] = len(group)
+        for i in group:
+            survivors[signatures.ids[i]] = signatures.ids[keep]
+            jaccards[signatures.ids[i]] = 1.0 if i == keep else jaccard(shingles[i], shingles[keep])
     return DedupResult(survivors, jaccards, sizes, len(pairs), verified)
 
 
@@ -303,13 +369,15 @@ def dedup(
     document's cluster."""
     inputs = [in_path] if isinstance(in_path, (str, Path)) else list(in_path)
     out_dir = Path(out_dir)
+    if storage not in ("memory", "redis"):
+        raise LongBlocksError(f"unknown LSH storage {storage!r}; use memory or redis")
     # 1. Signatures, resumable like any stage (hashing is the expensive part).
     run_stage(SignatureStage(cfg, workers), inputs, out_dir / "signatures", part_size=part_size, overwrite=overwrite,
               progress=on_progress)
     # 2-3. Candidates and verified clusters (recomputed on restart: cheap next to hashing).
     files = [f for path in inputs for f in input_files(path)]
     result = find_duplicates(
-        read_records(input_files(out_dir / "signatures")),
+        read_signatures(input_files(out_dir / "signatures"), cfg.num_perm),
         lambda: read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]), cfg, storage=storage,
         redis_url=redis_url)
     # 4. Outputs.
@@ -328,14 +396,18 @@ def step(cfg: PipelineConfig) -> Step:
 
 def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: DedupConfig) -> DedupStats:
     """`clusters.parquet` and the manifest's dedup report (parameters, versions, counts per source)."""
-    clusters = []
     by_source: dict[str, Counter[str]] = defaultdict(Counter)
-    for row in read_records(files, columns=["id", "source"]):
-        keep = result.survivors.get(row["id"], row["id"])
-        clusters.append({"id": row["id"], "cluster_id": keep, "cluster_size": result.cluster_sizes.get(keep, 1)})
-        by_source[row["source"]]["input"] += 1
-        by_source[row["source"]]["kept" if keep == row["id"] else "removed"] += 1
-    write_table_atomic(pa.Table.from_pylist(clusters, schema=CLUSTERS_SCHEMA), out_dir / "clusters.parquet")
+    tmp = out_dir / ".clusters.parquet.tmp"
+    with pq.ParquetWriter(tmp, CLUSTERS_SCHEMA, compression="zstd") as clusters:  # a batch at a time, not a row per document in memory
+        for batch in batched(read_records(files, columns=["id", "source"]), 65536):
+            ids = [row["id"] for row in batch]
+            keep = [result.survivors.get(i, i) for i in ids]
+            clusters.write_table(pa.table({"id": ids, "cluster_id": keep,
+                                           "cluster_size": [result.cluster_sizes.get(k, 1) for k in keep]}, schema=CLUSTERS_SCHEMA))
+            for row, survivor in zip(batch, keep):
+                by_source[row["source"]]["input"] += 1
+                by_source[row["source"]]["kept" if survivor == row["id"] else "removed"] += 1
+    os.replace(tmp, out_dir / "clusters.parquet")
     return DedupStats(
         parameters={
             **asdict(cfg),

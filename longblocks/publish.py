@@ -18,7 +18,7 @@ from longblocks.errors import LongBlocksError
 from longblocks.records import PROVENANCE_COLUMNS, published_column_names, response_columns
 from longblocks.sources import CODE_LANGUAGES, REGISTRY
 from longblocks.manifest import MANIFEST, STAGES, LLMStats, SampleStats, read_manifest, stage_stats
-from longblocks.store import count_rows, input_files
+from longblocks.store import count_rows, input_files, open_parquet
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -66,7 +66,7 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
     shards and the Arrow bytes of the columns (the dataset_info's `num_bytes`)."""
     total_bytes = 0
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=1024):
+        for batch in open_parquet(path).iter_batches(columns=columns, batch_size=1024, use_threads=False):
             total_bytes += batch.nbytes
     n_rows = count_rows(files)
     n_shards = max(1, math.ceil(total_bytes / max_shard_size)) if n_rows else 1
@@ -86,7 +86,7 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
 
     writer = open_writer(0)
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=row_group_rows):
+        for batch in open_parquet(path).iter_batches(columns=columns, batch_size=row_group_rows, use_threads=False):
             table = pa.Table.from_batches([batch], schema=schema)
             while table.num_rows:
                 room = bounds[shard + 1] - written

@@ -32,6 +32,12 @@ def test_dedup_benchmark_runs_on_a_few_documents() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dedup.py"), "--docs", "4", "--words", "500"],
                             capture_output=True, text=True, timeout=300, check=True)
     assert "x plain" in result.stdout and result.stdout.count("| longblocks") == 2
+    # --scale: each method in its own process on the same planted corpus, peak RSS and the pairs it found
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dedup.py"), "--scale", "300",
+                             "--methods", "longblocks,datasketch"], capture_output=True, text=True, timeout=300, check=True)
+    rows = {cells[2]: cells for l in result.stdout.splitlines() if (cells := [c.strip() for c in l.split("|")])[1:2] == ["300"]}
+    assert set(rows) == {"longblocks", "datasketch"} and rows["datasketch"][5] == "1.00x"
+    assert float(rows["longblocks"][4]) > 0 and rows["longblocks"][7] == "1.000", rows  # precision: nothing unplanted removed
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -115,14 +114,16 @@ def select_tasks(cfg: EvalConfig) -> Suite:
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    from trainer.model import load_causal_lm, load_tokenizer
-    from trainer.rollout import HFEngine, VLLMEngine
-
     try:
         lengths = sorted({int(x) for x in cfg.lengths.split(",") if x.strip()})
     except ValueError:
         raise ConfigError(f"--lengths must be comma-separated integers, got {cfg.lengths!r}") from None
-    suite = select_tasks(cfg)
+    suite = select_tasks(cfg)  # every option checked before torch and the model load (a mistake is a one-line error at once)
+    import torch
+
+    from trainer.model import load_causal_lm, load_tokenizer
+    from trainer.rollout import HFEngine, VLLMEngine
+
     if suite.notes["essay_tasks_on_noise"] and cfg.haystack != "noise":
         console.print(f"[yellow]warning:[/] {', '.join(suite.notes['essay_tasks_on_noise'])} use RULER's essay haystack "
                       "(Paul Graham's essays), which cannot be downloaded here: they run on the noise haystack. Pass "
@@ -166,6 +167,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def write_results(cfg: EvalConfig, records: list[dict[str, Any]], seconds: float, suite: Suite | None = None) -> dict[str, Any]:
+    import torch
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cells: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
