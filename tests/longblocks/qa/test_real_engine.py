@@ -62,7 +62,7 @@ def served(smollm2: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def real_documents(dest: Path) -> Path:
     """Three real documents, standard-library modules trimmed so a 135M model on two CPU cores
-    answers in seconds (not this project's README: cut at 700 words, its code fences are unbalanced
+    answers in seconds (not this project's README: cut at 450 words, its code fences are unbalanced
     and selection rightly rejects it)."""
     import fnmatch as fnmatch_module
     import shlex as shlex_module
@@ -71,7 +71,7 @@ def real_documents(dest: Path) -> Path:
     sources = [Path(shlex_module.__file__), Path(textwrap.__file__), Path(fnmatch_module.__file__)]
     for path in sources:
         words = path.read_text().split(" ")
-        (dest / (path.stem + ".md")).write_text(" ".join(words[:700]))
+        (dest / (path.stem + ".md")).write_text(" ".join(words[:450]))
     return dest
 
 
