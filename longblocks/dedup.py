@@ -33,8 +33,8 @@ from longblocks.text import normalize_text
 from longblocks.manifest import DedupStats
 from longblocks.progress import Progress
 from longblocks.store import (
-    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, count_rows, damaged_file_guard, input_files,
-    open_parquet, read_records, run_stage,
+    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, count_rows, input_files, read_batches,
+    read_records, run_stage,
 )
 
 SCHEME = "affine32"  # datasketch >= 2.0 default; sketches of other schemes are not comparable
@@ -178,21 +178,17 @@ def read_signatures(files: Sequence[Path], num_perm: int) -> Signatures:
     n_chars = np.empty(total, dtype=np.int64)
     ids: list[str] = []
     row = 0
-    for path in files:
-        parquet = open_parquet(path)
-        batches = parquet.iter_batches(batch_size=4096, columns=["id", "n_chars", "n_shingles", "hashvalues"],
-                                       use_threads=False)
-        while (batch := damaged_file_guard(path, lambda batches=batches: next(batches, None))) is not None:
-            flat = batch.column("hashvalues").flatten().to_numpy()
-            if flat.size != batch.num_rows * num_perm:
-                raise LongBlocksError(f"{path}: signatures of another size than num_perm={num_perm}; "
-                                      "run dedup with --overwrite")
-            keep = batch.column("n_shingles").to_numpy() > 0
-            k = int(keep.sum())
-            values[row : row + k] = flat.reshape(batch.num_rows, num_perm)[keep]
-            n_chars[row : row + k] = batch.column("n_chars").to_numpy()[keep]
-            ids.extend(batch.column("id").filter(pa.array(keep)).to_pylist())
-            row += k
+    for batch in read_batches(files, columns=["id", "n_chars", "n_shingles", "hashvalues"], batch_size=4096):
+        flat = batch.column("hashvalues").flatten().to_numpy()
+        if flat.size != batch.num_rows * num_perm:
+            raise LongBlocksError(f"signatures of another size than num_perm={num_perm} in {files[0].parent}; "
+                                  "run dedup with --overwrite")
+        keep = batch.column("n_shingles").to_numpy() > 0
+        k = int(keep.sum())
+        values[row : row + k] = flat.reshape(batch.num_rows, num_perm)[keep]
+        n_chars[row : row + k] = batch.column("n_chars").to_numpy()[keep]
+        ids.extend(batch.column("id").filter(pa.array(keep)).to_pylist())
+        row += k
     return Signatures(ids, n_chars[:row], values[:row])
 
 

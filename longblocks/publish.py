@@ -18,7 +18,7 @@ from longblocks.errors import LongBlocksError
 from longblocks.records import PROVENANCE_COLUMNS, published_column_names, response_columns
 from longblocks.sources import CODE_LANGUAGES, REGISTRY
 from longblocks.manifest import MANIFEST, STAGES, LLMStats, SampleStats, read_manifest, stage_stats
-from longblocks.store import count_rows, input_files, open_parquet
+from longblocks.store import count_rows, input_files, read_batches
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -65,9 +65,8 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
     rows split evenly, written in input order (two streaming passes, bounded memory); returns the
     shards and the Arrow bytes of the columns (the dataset_info's `num_bytes`)."""
     total_bytes = 0
-    for path in files:
-        for batch in open_parquet(path).iter_batches(columns=columns, batch_size=1024, use_threads=False):
-            total_bytes += batch.nbytes
+    for batch in read_batches(files, columns=columns, batch_size=1024):
+        total_bytes += batch.nbytes
     n_rows = count_rows(files)
     n_shards = max(1, math.ceil(total_bytes / max_shard_size)) if n_rows else 1
     n_shards = min(n_shards, max(n_rows, 1))
@@ -85,20 +84,19 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
         return pq.ParquetWriter(paths[i].with_suffix(".tmp"), schema, compression="zstd", write_page_index=True)
 
     writer = open_writer(0)
-    for path in files:
-        for batch in open_parquet(path).iter_batches(columns=columns, batch_size=row_group_rows, use_threads=False):
-            table = pa.Table.from_batches([batch], schema=schema)
-            while table.num_rows:
-                room = bounds[shard + 1] - written
-                if room == 0:
-                    writer.close()
-                    shard += 1
-                    writer = open_writer(shard)
-                    continue
-                part = table.slice(0, room)
-                writer.write_table(part, row_group_size=row_group_rows)
-                written += part.num_rows
-                table = table.slice(part.num_rows)
+    for batch in read_batches(files, columns=columns, batch_size=row_group_rows):
+        table = pa.Table.from_batches([batch], schema=schema)
+        while table.num_rows:
+            room = bounds[shard + 1] - written
+            if room == 0:
+                writer.close()
+                shard += 1
+                writer = open_writer(shard)
+                continue
+            part = table.slice(0, room)
+            writer.write_table(part, row_group_size=row_group_rows)
+            written += part.num_rows
+            table = table.slice(part.num_rows)
     writer.close()
     for i in range(shard + 1, n_shards):  # shards left empty only when there are no rows
         open_writer(i).close()

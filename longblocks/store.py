@@ -107,19 +107,15 @@ def count_rows(files: Sequence[Path]) -> int:
     return sum(damaged_file_guard(f, lambda f=f: pq.ParquetFile(f).metadata.num_rows) for f in files)
 
 
-def open_parquet(path: Path) -> pq.ParquetFile:
-    """A parquet file read a row group at a time: without pyarrow's pre-buffering (made for object
-    stores), which fetches the column chunks of every row group an iteration will touch up front,
-    a whole 200 MB shard of documents in memory before its first batch."""
-    return damaged_file_guard(path, lambda: pq.ParquetFile(path, pre_buffer=False))
-
-
-def read_records(
+def read_batches(
     files: Sequence[Path], *, columns: Sequence[str] | None = None, batch_size: int = 256
-) -> Iterator[dict[str, Any]]:
-    """Stream records from parquet files in order, one row group batch at a time (bounded memory)."""
+) -> Iterator[pa.RecordBatch]:
+    """Arrow batches of parquet files in order, a row group at a time (bounded memory): without
+    pyarrow's pre-buffering (made for object stores), which fetches the column chunks of every row
+    group an iteration will touch up front, a whole 200 MB shard of documents before its first batch.
+    A damaged file or a missing column is a one-line error naming the file."""
     for path in files:
-        parquet = open_parquet(path)
+        parquet = damaged_file_guard(path, lambda path=path: pq.ParquetFile(path, pre_buffer=False))
         missing = [c for c in (columns or ()) if c not in parquet.schema_arrow.names]
         if missing:
             raise LongBlocksError(
@@ -128,7 +124,15 @@ def read_records(
         iterator = parquet.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None,
                                         use_threads=False)
         while (batch := damaged_file_guard(path, lambda iterator=iterator: next(iterator, None))) is not None:
-            yield from batch.to_pylist()
+            yield batch
+
+
+def read_records(
+    files: Sequence[Path], *, columns: Sequence[str] | None = None, batch_size: int = 256
+) -> Iterator[dict[str, Any]]:
+    """Stream records from parquet files in order, one row group batch at a time (bounded memory)."""
+    for batch in read_batches(files, columns=columns, batch_size=batch_size):
+        yield from batch.to_pylist()
 
 
 class ParquetRows:
