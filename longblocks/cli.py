@@ -264,7 +264,9 @@ TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling top_p.")]
 MaxNewOpt = Annotated[int, typer.Option(help="max_tokens per completion, reasoning included.")]
 CacheOpt = Annotated[str | None, typer.Option(help="sqlite request cache (default: beside the stage directory).")]
 TPOpt = Annotated[int, typer.Option(help="Tensor parallel size for --backend vllm.")]
-BatchOpt = Annotated[int, typer.Option(help="Requests generated together by --backend transformers or vllm.")]
+BatchOpt = Annotated[int, typer.Option(help="--backend transformers: requests generated together; --backend vllm: "
+                                        "requests in the engine at once (its scheduler batches them; a finished one "
+                                        "is replaced at once).")]
 
 
 def _print_backend_stats(manifest: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """What every LLM backend shares: the explicit sampling sent with each request, the completion a
 request comes back as, the persistent sqlite request cache (a re-run never pays twice), live
-counters, and the cached batching loop of the in-process engines. Must not talk to a model or parse
-task outputs.
+counters, the completion-order loop with its reorder buffer (`in_completion_order`: the openai and
+vllm backends) and the windowed batching loop (the transformers backend). Must not talk to a model
+or parse task outputs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -98,8 +99,79 @@ class BackendStats:
     in_flight: int = 0
 
 
+class Requests(Protocol):
+    """An engine's requests as `in_completion_order` drives them: `start` hands one over (it must
+    not wait for it), `finished` blocks until at least one started request is done and returns
+    every one that is, `cancel` drops those still running (the caller stopped early)."""
+
+    def start(self, index: int, messages: Messages) -> None: ...
+
+    def finished(self) -> list[tuple[int, Completion]]: ...
+
+    def cancel(self) -> None: ...
+
+
+def in_completion_order(
+    items: Iterable[T], to_messages: Callable[[T], Messages], requests: Requests, *, key_model: str,
+    sampling: Sampling, cache: RequestCache, stats: BackendStats, slots: int, budget: int,
+) -> Iterator[tuple[T, Completion]]:
+    """Each item with its completion, in input order, while the engine takes requests in
+    completion order: up to `slots` of them are started whatever one slow request does, and
+    finished results wait in a reorder buffer until the ones before them are done. The buffer is
+    bounded by memory, not by the slowest request: only once the prompts and answers it holds pass
+    `budget` bytes does starting pause until the head finishes. Answers are cached as they
+    arrive (a killed run keeps them); cached ones never reach the engine."""
+    source = iter(items)
+    exhausted = False
+    running: dict[int, tuple[T, str]] = {}  # index -> (item, cache key)
+    ready: dict[int, tuple[T, Completion]] = {}
+    sizes: dict[int, int] = {}
+    held = sent = head = 0
+    try:
+        while True:
+            while not exhausted and len(running) < slots and held < budget:
+                item = next(source, _END)
+                if item is _END:
+                    exhausted = True
+                    break
+                messages = to_messages(item)
+                key = RequestCache.key(key_model, sampling, messages)
+                sizes[sent] = sum(len(m.get("content") or "") for m in messages)
+                held += sizes[sent]
+                cached = cache.get(key)
+                if cached is not None:
+                    stats.cached += 1
+                    ready[sent] = (item, cached)
+                else:
+                    running[sent] = (item, key)
+                    requests.start(sent, messages)
+                sent += 1
+            while head in ready:  # in input order, as far as it goes
+                held -= sizes.pop(head)
+                item, completion = ready.pop(head)
+                head += 1
+                yield item, completion
+            if not running:
+                if exhausted:
+                    return
+                continue
+            for index, completion in requests.finished():
+                item, key = running.pop(index)
+                cache.put(key, completion)
+                answer = len(completion.text) + len(completion.reasoning)
+                sizes[index] += answer
+                held += answer
+                ready[index] = (item, completion)
+    finally:
+        if running:
+            requests.cancel()
+
+
+_END = object()
+
+
 class BatchedBackend:
-    """In-process engines: windows of `batch_size` requests, the cached ones answered from the
+    """In-process engines without a step API: windows of `batch_size` requests, the cached ones answered from the
     cache and the rest generated together by `_generate`, results in input order. Subclasses set
     `model`, `sampling`, `batch_size`, `cache`, `stats` and implement `_generate`."""
 

@@ -137,7 +137,7 @@ class BackendConfig:
     base_url: str | list[str] | None = None  # several: replicas of the model, requests spread over them
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 64  # openai: requests in flight
-    batch_size: int = 8  # transformers / vllm: requests generated together
+    batch_size: int = 8  # transformers: requests generated together; vllm: requests in the engine at once
     timeout: float = 1800.0
     max_retries: int = 6
     temperature: float = 0.6

@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 GOOD = "Question: What links the opening and the end?\nAnswer: The first fact and the last fact together."
@@ -84,6 +84,8 @@ class ScriptedServer(LocalServer):
         self.requests: Counter[str] = Counter()
         self.prompts: list[str] = []
         self.judge_sampling: list[tuple[Any, ...]] = []  # (temperature, top_p, max_tokens, seed) per judge request
+        self.bodies: list[dict[str, Any]] = []
+        self.authorization: list[str | None] = []
         self.fail_first: dict[str, tuple[int, int]] = {"rate_limited": (2, 429), "flaky": (1, 500), "broken": (10**6, 500)}
         self.delay, self.slow_first = delay, slow_first
         self.serve(Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
@@ -92,10 +94,12 @@ class ScriptedServer(LocalServer):
     async def models(self, request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
-    async def chat(self, request: Request) -> JSONResponse:
+    async def chat(self, request: Request) -> Response:
         body = await request.json()
         prompt = body["messages"][-1]["content"]
         self.prompts.append(prompt)
+        self.bodies.append(body)
+        self.authorization.append(request.headers.get("authorization"))
         match = _MARKER.search(prompt)
         mode = match.group(1) if match else "good"
         judge = prompt.startswith("You are checking")
@@ -113,6 +117,10 @@ class ScriptedServer(LocalServer):
             status = self.fail_first[mode][1]
             return JSONResponse({"error": {"message": f"scripted {status}"}}, status_code=status,
                                 headers={"retry-after": "0"} if status == 429 else None)
+        if mode == "notjson":  # a proxy's error page with status 200
+            return PlainTextResponse("<html><body>502 Bad Gateway</body></html>")
+        if mode == "nochoices":
+            return JSONResponse({"id": "x", "object": "chat.completion", "choices": []})
         if judge:
             content, finish, reasoning = judge_reply(prompt), "stop", None
         else:

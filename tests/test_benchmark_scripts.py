@@ -40,6 +40,18 @@ def test_dedup_benchmark_runs_on_a_few_documents() -> None:
     assert float(rows["longblocks"][4]) > 0 and rows["longblocks"][7] == "1.000", rows  # precision: nothing unplanted removed
 
 
+def test_openai_backend_benchmark_measures_both_loops_on_each_path() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_openai_backend.py"), "--latency", "none",
+                             "--requests", "40", "--concurrency", "8", "--repeats", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
+            if line.startswith("| none | 8 |")]
+    assert [row[2] for row in rows] == ["backend", "generate", "respond"]
+    for _, _, _, bare, ours, ratio in rows:
+        assert float(bare) > 0 and float(ours) > 0 and float(ratio) == pytest.approx(float(ours) / float(bare), rel=0.05)
+
+
 @pytest.mark.slow
 def test_dgrpo_step_benchmark_runs_in_smoke_mode() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_dgrpo_step.py"), "--smoke"],

@@ -100,6 +100,9 @@ def test_generate_and_filter_with_smollm2_over_transformers_serve(served, tmp_pa
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM not installed")
 def test_in_process_vllm_backend(smollm2: Path, tmp_path: Path) -> None:
+    """The vllm backend drives the engine a step at a time: its greedy answers must be those of
+    `LLM.chat` on the same chats (same chat template, same tokens), and the generate stage runs
+    on real documents with two requests in the engine at once (finished ones replaced)."""
     docs = real_documents(tmp_path / "docs")
     script = tmp_path / "run_vllm.py"
     script.write_text(textwrap.dedent(f"""
@@ -107,12 +110,20 @@ def test_in_process_vllm_backend(smollm2: Path, tmp_path: Path) -> None:
         from longblocks.qa import GenerateConfig, generate_qa
         from longblocks.sample import sample
         from longblocks.sources import resolve_source
+        from longblocks.text import split_reasoning
         if __name__ == "__main__":
+            chats = [[{{"role": "user", "content": f"Name {{n}} colours, one per line."}}] for n in range(1, 8)]
+            backend = VLLMBackend("{smollm2}", sampling=Sampling(temperature=0.0, max_tokens=128), batch_size=16,
+                                  dtype="float32", enforce_eager=True)
+            ours = [c.text for _, c in backend.map_ordered(chats, lambda m: m)]
+            theirs = [split_reasoning(o.outputs[0].text)[0] for o in backend.llm.chat(chats, backend.params, use_tqdm=False)]
+            print("SAME AS LLM.chat", ours == theirs, sum(bool(t) for t in ours))
             sample(resolve_source("local:{docs}"), "{tmp_path}/docs_stage", quotas=None)
-            backend = VLLMBackend("{smollm2}", sampling=Sampling(max_tokens=128), dtype="float32", enforce_eager=True)
+            backend.batch_size = 2
             m = generate_qa("{tmp_path}/docs_stage", "{tmp_path}/gen", GenerateConfig(n_questions=2), backend)
             print("CONSUMED", m["inputs"]["consumed"])
     """))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900, env=env)
+    assert "SAME AS LLM.chat True 7" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
     assert "CONSUMED 3" in result.stdout, result.stderr[-3000:]
