@@ -276,7 +276,11 @@ class _EngineSteps:
     def finished(self) -> list[tuple[int, Completion]]:
         done, self.refused = self.refused, []
         while not done:
-            for output in self.engine.step():
+            outputs = self.engine.step()
+            if not outputs and not self.engine.has_unfinished_requests():
+                raise LongBlocksError(f"the vLLM engine holds none of the {len(self.running)} requests this stage "
+                                      "started and is waiting on (aborted elsewhere?); run the stage again to resume")
+            for output in outputs:
                 if not output.finished:
                     continue
                 index = self.running.pop(output.request_id)

@@ -126,6 +126,9 @@ class _Engine:
         self.queue = [r for r in self.queue if self.left[r] > 0]
         return outputs
 
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.queue)
+
     def abort_request(self, request_ids: list[str]) -> None:
         self.aborted += request_ids
         self.queue = [r for r in self.queue if r not in request_ids]
@@ -191,3 +194,15 @@ def test_vllm_backend_aborts_what_is_running_when_the_caller_stops(vllm_double) 
     results.close()
     assert engine.aborted and set(engine.aborted) == set(engine.added) - set(engine.finished)
     assert backend.stats.in_flight == 0
+
+
+def test_vllm_backend_says_so_when_the_engine_drops_its_requests(vllm_double) -> None:  # noqa: ANN001
+    from longblocks.backends import VLLMBackend
+    from longblocks.errors import LongBlocksError
+
+    backend = VLLMBackend(str(vllm_double), batch_size=8, sampling=Sampling(max_tokens=32))
+    engine = backend.llm.llm_engine
+    results = backend.map_ordered(["first", "second"], chat)
+    engine.step = lambda: (engine.queue.clear(), [])[1]  # an engine that loses what it held: no spinning forever
+    with pytest.raises(LongBlocksError, match="holds none of the 2 requests"):
+        next(results)
