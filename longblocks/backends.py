@@ -65,8 +65,8 @@ class OpenAIBackend:
         api_key = os.environ.get(api_key_env) or "EMPTY"
 
         # Each URL's requests are spread over several clients of at most POOL_CONNECTIONS requests
-        # each: httpx's connection pool scans every connection it holds for each request it
-        # places, so one pool of 256 connections costs a client core ~2 ms a request (measured).
+        # each: httpx's connection pool checks every connection it holds for each request it
+        # places, a third of a bare client's CPU at 64 connections and more at 256 (RESULTS.md).
         pools = -(-concurrency // self.POOL_CONNECTIONS)
 
         async def make() -> Any:
@@ -110,9 +110,9 @@ class OpenAIBackend:
                         pools = self._clients[(first + attempt) % replicas]
                         client = pools[first // replicas % len(pools)]
                         # The client's own POST (its auth, timeout and status errors), the body as we
-                        # built it and the answer read as JSON: `chat.completions.create` re-walks the
+                        # built it and the answer read as JSON: `chat.completions.create` walks the
                         # messages against its typed schema and builds pydantic models per request,
-                        # a third of the client's CPU at 64-256 requests in flight.
+                        # about a fifth of a bare client's CPU (RESULTS.md).
                         answer = json.loads(await client.post("/chat/completions", body=params, cast_to=str))
                     finally:
                         self.stats.in_flight -= 1
