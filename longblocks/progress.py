@@ -21,7 +21,8 @@ DEFAULT_INTERVAL = 30.0  # seconds between plain progress lines (LONGBLOCKS_PROG
 
 class Progress(Protocol):
     """The one progress callback: `phase` names a bar (a stage may have several), `advance` moves
-    it, `total` (once, when known) sizes it, `stats` are shown beside it; `done=1` ends the phase."""
+    it, `total` (once, when known) sizes it, `stats` are shown beside it; `done=1` ends the phase;
+    `resumed=1` marks the advance as work a previous run did (counted, but not in the rate or ETA)."""
 
     def __call__(self, phase: str, advance: int, total: int | None, /, **stats: int) -> None: ...
 
@@ -48,6 +49,7 @@ class _Phase:
     started: float
     total: int | None = None
     done: int = 0
+    before: int = 0  # of `done`, what earlier runs did (a resumed phase): not in the rate
     last: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -70,13 +72,16 @@ class PlainProgress:
         with self.lock:
             now = self.clock()
             ending = bool(stats.pop("done", 0))
+            resumed = bool(stats.pop("resumed", 0))
             state = self.phases.get(phase)
             if state is None:
                 state = self.phases[phase] = _Phase(started=now, last=now)
-                self.write(f"{phase}: started" + (f", {total} to do" if total is not None else ""))
+                self.write(f"{phase}: started" + (f", {total} to do" if total is not None else "")
+                           + (f", {advance} done before" if resumed and advance else ""))
             if total is not None:
                 state.total = total
             state.done += advance
+            state.before += advance if resumed else 0
             state.stats.update(stats)
             if ending:
                 self.write(self.line(phase, state, now, "done: "))
@@ -100,7 +105,7 @@ class PlainProgress:
     @staticmethod
     def line(phase: str, state: _Phase, now: float, prefix: str = "") -> str:
         elapsed = now - state.started
-        rate = state.done / elapsed if elapsed > 0 else 0.0
+        rate = (state.done - state.before) / elapsed if elapsed > 0 else 0.0
         parts = [f"{phase}: {prefix}{state.done}" + (f"/{state.total}" if state.total else "")]
         if state.total:
             parts[0] += f" ({100 * state.done / state.total:.0f}%)"
@@ -147,10 +152,13 @@ def reporter(console: Any, *, quiet: bool = False, plain: bool | None = None,
 
         def update(phase: str, advance: int, total: int | None, /, **stats: Any) -> None:
             stats.pop("done", None)
-            if phase not in tasks:
-                tasks[phase] = bars.add_task(phase, total=total, stats="")
+            if phase not in tasks:  # a resumed phase starts where it was: not one leap in rich's speed
+                start = advance if stats.pop("resumed", 0) else 0
+                tasks[phase] = bars.add_task(phase, total=total, stats="", completed=start)
+                advance -= start
             elif total is not None:
                 bars.update(tasks[phase], total=total)
+            stats.pop("resumed", None)
             fields = stats_text(stats, "  ")
             bars.update(tasks[phase], advance=advance, **({"stats": fields} if fields else {}))
 

@@ -490,9 +490,8 @@ def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *
             writer = StageWriter(out_dir, stage=stage.name, schema=stage.schema, params=params,
                                  inputs=[str(f) for f in files], part_size=part_size, overwrite=overwrite,
                                  rejection_schema=stage.rejection_schema)
-            progress(stage.name, 0, total)
             kept, rejected = writer.manifest["outputs"]["kept"], writer.rejected_count
-            progress(stage.name, stage.done(writer.manifest), None, kept=kept, rejected=rejected)
+            progress(stage.name, stage.done(writer.manifest), total, resumed=1, kept=kept, rejected=rejected)
             for outcome in stage.process(stage.items(files, writer), writer):
                 writer.add(outcome)
                 kept, rejected = kept + len(outcome.kept), rejected + len(outcome.rejected)

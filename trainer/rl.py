@@ -58,7 +58,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
 
     # -- loop -----------------------------------------------------------------------------------
     with reporter(console, quiet=run.rank != 0) as progress:
-        progress("dgrpo", step, cfg.optim.steps)
+        progress("dgrpo", step, cfg.optim.steps, resumed=1)
         pure_opd = all(r.weight == 0 for r in cfg.rewards)
         while step < cfg.optim.steps:
             step += 1

@@ -42,7 +42,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
     # -- loop -----------------------------------------------------------------------------------
     with reporter(console, quiet=rank != 0) as progress:
-        progress("sft", step, cfg.optim.steps)
+        progress("sft", step, cfg.optim.steps, resumed=1)
         while step < cfg.optim.steps:
             started = time.perf_counter()
             packs = next(batches)

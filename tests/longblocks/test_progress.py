@@ -30,6 +30,19 @@ def test_plain_lines_at_start_every_interval_and_at_the_end() -> None:
     assert len(lines) == 4
 
 
+def test_a_resumed_phase_counts_earlier_work_but_rates_only_this_runs() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    progress = PlainProgress(lines.append, interval=10, clock=lambda: now[0])
+    progress("dgrpo", 40, 100, resumed=1)  # a run restarted at step 40 of 100
+    for t in range(1, 11):
+        now[0] = float(t)
+        progress("dgrpo", 1, None, reward=0.5)
+    assert lines[0] == "dgrpo: started, 100 to do, 40 done before"
+    # one step a second since the restart: 50 left take 50 s (counting the 40 old steps: 5/s, ETA 0:00:10)
+    assert lines[1] == "dgrpo: 50/100 (50%) 1.00/s ETA 0:00:50 [0:00:10] reward 0.5"
+
+
 def test_a_phase_that_does_not_move_still_gets_a_line_every_interval() -> None:
     lines: list[str] = []
     progress = PlainProgress(lines.append, interval=0.05, heartbeat=True)
