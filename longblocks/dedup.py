@@ -8,7 +8,6 @@ sets cost ~6 KB a document); `--lsh-storage redis` keeps datasketch's index in R
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections import Counter, defaultdict
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
@@ -33,8 +31,8 @@ from longblocks.text import normalize_text
 from longblocks.manifest import DedupStats
 from longblocks.progress import Progress
 from longblocks.store import (
-    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, count_rows, input_files, read_batches,
-    read_records, run_stage,
+    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, count_rows, input_files,
+    parquet_writer_atomic, read_batches, read_records, run_stage,
 )
 
 SCHEME = "affine32"  # datasketch >= 2.0 default; sketches of other schemes are not comparable
@@ -393,8 +391,7 @@ def step(cfg: PipelineConfig) -> Step:
 def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: DedupConfig) -> DedupStats:
     """`clusters.parquet` and the manifest's dedup report (parameters, versions, counts per source)."""
     by_source: dict[str, Counter[str]] = defaultdict(Counter)
-    tmp = out_dir / ".clusters.parquet.tmp"
-    with pq.ParquetWriter(tmp, CLUSTERS_SCHEMA, compression="zstd") as clusters:  # a batch at a time, not a row per document in memory
+    with parquet_writer_atomic(out_dir / "clusters.parquet", CLUSTERS_SCHEMA) as clusters:  # a batch at a time, not a row per document in memory
         for batch in batched(read_records(files, columns=["id", "source"]), 65536):
             ids = [row["id"] for row in batch]
             keep = [result.survivors.get(i, i) for i in ids]
@@ -403,7 +400,6 @@ def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: 
             for row, survivor in zip(batch, keep):
                 by_source[row["source"]]["input"] += 1
                 by_source[row["source"]]["kept" if survivor == row["id"] else "removed"] += 1
-    os.replace(tmp, out_dir / "clusters.parquet")
     return DedupStats(
         parameters={
             **asdict(cfg),

@@ -152,13 +152,13 @@ def reporter(console: Any, *, quiet: bool = False, plain: bool | None = None,
 
         def update(phase: str, advance: int, total: int | None, /, **stats: Any) -> None:
             stats.pop("done", None)
+            resumed = stats.pop("resumed", 0)
             if phase not in tasks:  # a resumed phase starts where it was: not one leap in rich's speed
-                start = advance if stats.pop("resumed", 0) else 0
+                start = advance if resumed else 0
                 tasks[phase] = bars.add_task(phase, total=total, stats="", completed=start)
                 advance -= start
             elif total is not None:
                 bars.update(tasks[phase], total=total)
-            stats.pop("resumed", None)
             fields = stats_text(stats, "  ")
             bars.update(tasks[phase], advance=advance, **({"stats": fields} if fields else {}))
 

@@ -184,8 +184,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
+    with parquet_writer_atomic(path, table.schema) as writer:
+        writer.write_table(table)
+
+
+@contextmanager
+def parquet_writer_atomic(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A parquet writer whose file appears at `path` only once it is complete (written beside it,
+    then renamed): for tables written a batch at a time."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd", write_page_index=True)
+    with pq.ParquetWriter(tmp, schema, compression="zstd", write_page_index=True) as writer:
+        yield writer
     os.replace(tmp, path)
 
 
