@@ -147,9 +147,10 @@ def run_method(method: str, path: Path, work: Path) -> dict:
     start = time.perf_counter()
     removed: list[tuple[str, str]] = []
     if method == "longblocks":
-        from longblocks.dedup import dedup
+        from longblocks.config import DedupSection
+        from longblocks.pipeline import run
 
-        dedup(path, work / "out", cfg, workers=1)
+        run("dedup", DedupSection(workers=1), [path], work / "out")
         removed = [(r["id"], r["survivor_id"]) for r in pq.read_table(work / "out" / "rejected").to_pylist()]
     elif method == "datasketch":
         from datasketch import MinHash, MinHashLSH
@@ -283,7 +284,8 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from longblocks.dedup import dedup
+    from longblocks.config import DedupSection
+    from longblocks.pipeline import run
     from longblocks.records import DOCUMENT_SCHEMA
 
     cfg = DedupConfig()
@@ -296,7 +298,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), Path(tmp) / "in.parquet")
         start = time.perf_counter()
-        dedup(Path(tmp) / "in.parquet", Path(tmp) / "out", cfg, workers=args.workers)
+        run("dedup", DedupSection(workers=args.workers), [Path(tmp) / "in.parquet"], Path(tmp) / "out")
         t_stage = time.perf_counter() - start
     sub = docs[: min(100, len(docs))]
     mem_plain = index_bytes_per_doc(plain_loop, sub, cfg)

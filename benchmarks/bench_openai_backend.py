@@ -127,18 +127,17 @@ def backend_alone(base_url: str, prompts: list[list[dict]], concurrency: int) ->
 def through_stage(stage: str, base_url: str, docs_dir: Path, n: int, concurrency: int, work: Path) -> float:
     """Requests per second of a whole stage run (no request cache hits: a fresh directory)."""
     from longblocks.config import GenerateSection, RespondSection, ResponderConfig
-    from longblocks.qa import generate_with
-    from longblocks.respond import respond_with
+    from longblocks.pipeline import run
 
     endpoint = dict(model="m", base_url=base_url, concurrency=concurrency, timeout=600.0, temperature=0.6,
                     top_p=0.95, max_tokens=64)
     start = time.perf_counter()
     if stage == "generate":
-        manifest = generate_with(GenerateSection(**endpoint, question_types=["summary"], n_questions=1), [docs_dir],
-                                 work / "generate", part_size=500, overwrite=False, progress=None)
+        manifest = run("generate", GenerateSection(**endpoint, question_types=["summary"], n_questions=1), [docs_dir],
+                       work / "generate", part_size=500)
     else:
-        manifest = respond_with(RespondSection([ResponderConfig(name="bench", **endpoint)]), [docs_dir],
-                                work / "respond", part_size=500, overwrite=False, progress=None)
+        manifest = run("respond", RespondSection([ResponderConfig(name="bench", **endpoint)]), [docs_dir],
+                       work / "respond", part_size=500)
     elapsed = time.perf_counter() - start
     assert manifest["inputs"]["consumed"] == n, manifest["inputs"]
     return n / elapsed

@@ -367,6 +367,7 @@ def build_backend(cfg: BackendConfig, stage_dir: Path, *, where: str = "") -> Ba
     from longblocks.local_models import resolve_model
 
     cache = RequestCache(Path(cfg.cache) if cfg.cache else stage_dir.parent / f"{stage_dir.name}.requests.sqlite")
+    cache.check()  # a damaged cache is one line now, before the model loads or anything is sent
     options: dict[str, Any] = {"sampling": sampling_of(cfg), "cache": cache,
                                **{name: getattr(cfg, name) for name in sorted(_TAKES[cfg.backend])}}
     return make_backend(cfg.backend, resolve_model(cfg.model), **options)

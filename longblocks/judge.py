@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 
-from longblocks.backends import Backend, Completion, Messages, opened_backend
-from longblocks.config import JudgeSection, PipelineConfig
+from longblocks.backends import Backend, Completion, Messages, build_backend
+from longblocks.config import JudgeSection
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import LLMStats, llm_stats
 from longblocks.records import qa_columns, qa_schema
-from longblocks.progress import Progress
-from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.store import Outcome, Rejection, RunOptions, Stage, StageWriter
 from longblocks.text import normalize_text, prompt_hashes, prompt_text
 
 CHECKS = {  # check -> reason code when it fails
@@ -217,21 +216,30 @@ class JudgeStage(Stage):
     """QA records judged a document at a time: passes kept with their verdict, failures rejected.
     Mode "text": one request per document, the verdicts parsed from the judge's text; mode
     "choice": each check of each pair a constrained yes/no (backends with `choose`: transformers),
-    calibrated against a content-free pair, for models too small to write the verdict format."""
+    calibrated against a content-free pair, for models too small to write the verdict format. The
+    backend is the section's, built when the stage opens, unless one is given (left open)."""
 
-    name = "judge"
     group_by = "doc_id"  # the generate stage writes a document's pairs together
     units = ("pairs", "pairs", "pairs")
 
-    def __init__(self, backend: Backend, *, local_span_window: int = 0, mode: str = "text") -> None:
-        if mode not in JUDGE_MODES:
-            raise LongBlocksError(f"judge mode must be one of {JUDGE_MODES}, got {mode!r}")
-        if mode == "choice" and not hasattr(backend, "choose"):
+    def __init__(self, section: JudgeSection, backend: Backend | None = None) -> None:
+        if section.mode not in JUDGE_MODES:
+            raise LongBlocksError(f"judge mode must be one of {JUDGE_MODES}, got {section.mode!r}")
+        self.section, self.given = section, backend
+        self.local_span_window, self.mode = section.local_span_window, section.mode
+        self.settings: dict[str, Any] = {"mode": self.mode, "local_span_window": self.local_span_window,
+                                         "prompt_sha256": prompt_hashes(["judge_check" if self.mode == "choice" else "judge"])}
+        if backend is not None:
+            self._check(backend)
+
+    def _check(self, backend: Backend) -> None:
+        if self.mode == "choice" and not hasattr(backend, "choose"):
             raise LongBlocksError(f"judge mode \"choice\" needs a backend that scores choices (transformers); "
                                   f"{backend.name} answers in text only: use mode \"text\"")
-        self.backend, self.local_span_window, self.mode = backend, local_span_window, mode
-        self.settings: dict[str, Any] = {"mode": mode, "local_span_window": local_span_window,
-                                         "prompt_sha256": prompt_hashes(["judge_check" if mode == "choice" else "judge"])}
+
+    def open(self, out_dir: Path, options: RunOptions) -> None:
+        self.backend = self.given or build_backend(self.section, out_dir, where=f"[{self.name}] ")
+        self._check(self.backend)
 
     def parameters(self) -> dict[str, Any]:
         return {**self.backend.describe(), **self.settings}
@@ -255,26 +263,12 @@ class JudgeStage(Stage):
     def stats(self, out_dir: Path) -> LLMStats:
         return llm_stats(self.backend.describe(), **self.settings)
 
-
-def judge_qa(
-    in_path: str | Path, out_dir: str | Path, backend: Backend, *, local_span_window: int = 0,
-    part_size: int = PART_SIZE, overwrite: bool = False, on_progress: Progress | None = None, mode: str = "text",
-) -> dict[str, Any]:
-    """QA records of IN judged into OUT (see `JudgeStage`)."""
-    return run_stage(JudgeStage(backend, local_span_window=local_span_window, mode=mode), [in_path], out_dir,
-                     part_size=part_size, overwrite=overwrite, progress=on_progress)
+    def close(self) -> None:
+        if self.given is None and getattr(self, "backend", None) is not None:
+            self.backend.close()
 
 
-def judge_with(section: JudgeSection, inputs: list[Path], out_dir: Path, **options: Any) -> dict[str, Any]:
-    """The judge stage with the section's backend: the one path `filter`, `run` and `generate` take."""
-    with opened_backend(section, out_dir, where="[judge] ") as backend:
-        stage = JudgeStage(backend, local_span_window=section.local_span_window, mode=section.mode)
-        return run_stage(stage, inputs, out_dir, **options)
-
-
-def step(cfg: PipelineConfig) -> Step | None:
-    """`[judge]` (or `[filter]`) as a pipeline stage (none without a judge model, or without a
-    generator to give it QA pairs)."""
-    if not cfg.judge.model or not cfg.generate.model:
-        return None
-    return Step("judge", lambda inputs, out_dir, **options: judge_with(cfg.judge, inputs, out_dir, **options))
+def stage(section: JudgeSection, *, backend: Backend | None = None) -> JudgeStage:
+    """`[judge]` (or `[filter]`) as a stage: the judge's endpoint, sampling and mode (`backend`
+    replaces the section's endpoint, for tests; the caller closes it)."""
+    return JudgeStage(section, backend)

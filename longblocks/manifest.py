@@ -1,6 +1,5 @@
-"""The manifest of a stage directory: the stage names in pipeline order and each stage's typed
-statistics, stored under the manifest's `stats` key and read back through `stage_stats`. Other
-modules read a manifest's statistics only through here. Must not run stages or read data.
+"""The manifest of a stage directory: each stage's typed statistics, stored under the manifest's
+`stats` key and read back through `stage_stats`. Other modules read a manifest's statistics only through here. Must not run stages or read data.
 """
 
 from __future__ import annotations
@@ -11,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longblocks.config import STAGES
 from longblocks.errors import LongBlocksError
 
-# The stages in pipeline order; each one's directory, manifest `stage` and `[section]` carry this name.
-STAGES = ("sample", "select", "dedup", "generate", "judge", "respond")
 MANIFEST = "manifest.json"
 
 
@@ -62,8 +60,6 @@ class RespondStats:
 
 
 StageStats = SampleStats | DedupStats | LLMStats | RespondStats | None
-_STATS: dict[str, type] = {"sample": SampleStats, "dedup": DedupStats, "generate": LLMStats, "judge": LLMStats,
-                           "respond": RespondStats}
 
 
 def llm_stats(description: dict[str, Any], **settings: Any) -> LLMStats:
@@ -80,7 +76,8 @@ def to_json(stats: StageStats) -> dict[str, Any] | None:
 
 def stage_stats(manifest: dict[str, Any]) -> StageStats:
     """A manifest's statistics as its stage's type (None for stages without any, e.g. select)."""
-    cls = _STATS.get(manifest.get("stage", ""))
+    name = next((spec.stats for spec in STAGES if spec.name == manifest.get("stage")), "")
+    cls = globals().get(name) if name else None
     values = manifest.get("stats")
     if cls is None or values is None:
         return None
@@ -103,3 +100,23 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "stage" not in manifest or "outputs" not in manifest:
         raise LongBlocksError(f"{path} is not a longblocks manifest; delete {Path(out_dir)} or choose another directory")
     return manifest
+
+
+def summary(manifest: dict[str, Any], out: str | Path) -> list[str]:
+    """What a stage did, as the commands print it (rich markup): counts in, kept and rejected per
+    reason, then what its statistics say (quotas the source could not fill, what answered, dedup)."""
+    rejected = manifest.get("rejected", {})
+    consumed, kept, lost = manifest.get("units", ("documents", "documents", "documents"))
+    lines = [f"[green]{manifest['stage']}[/]: {manifest['inputs']['consumed']} {consumed} in, kept "
+             f"{manifest['outputs']['kept']} {kept}, rejected {sum(rejected.values())} {lost} -> {out}"]
+    lines += [f"  rejected {reason}: {n}" for reason, n in rejected.items()]
+    stats = stage_stats(manifest)
+    if isinstance(stats, SampleStats):
+        lines += [f"  [yellow]the source ran out[/]: {quota} is {missing} document(s) short of its quota"
+                  for quota, missing in stats.unmet.items()]
+    if isinstance(stats, LLMStats):
+        lines.append(f"  {manifest['stage']}: {stats.backend} {stats.model} (prompts {stats.prompt_sha256})")
+    if isinstance(stats, DedupStats):
+        lines.append(f"  clusters {stats.clusters}, candidate pairs {stats.candidate_pairs}, verified "
+                     f"{stats.verified_pairs} (datasketch {stats.datasketch_version}, {stats.hashing_scheme})")
+    return lines

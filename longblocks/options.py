@@ -1,7 +1,8 @@
 """Options for both command lines, one way: config dataclasses filled from a TOML (or YAML) file,
-then `--section.key=value` overrides (values are TOML; bare words are strings), every key and type
-checked against the dataclass with a one-line error that names the file, the section, the key and,
-for an unknown key, the valid ones. Standard library only: `dgrpo-train` imports it on machines
+then `--section.key=value` overrides (read as TOML for the field's type; bare words, `a,b` lists and
+`k=v` tables too), every key and type checked against the dataclass with a one-line error that
+names where the value came from (the file and section, or the flag as typed), the key and, for an
+unknown key, the valid ones. Standard library only: `dgrpo-train` imports it on machines
 without the pipeline's dependencies. Must not hold defaults: the dataclasses do.
 """
 
@@ -11,6 +12,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,19 +23,26 @@ class OptionError(ValueError):
     """A configuration the user must fix; both CLIs print it as one line and exit with status 2."""
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`--optim.lr=3e-5` -> (["optim", "lr"], 3e-5); values are TOML, bare words are strings."""
+@dataclass(frozen=True)
+class CommandLineValue:
+    """A value given on the command line, kept raw until its field's type is known (so `en,de`
+    can fill a list and `approx` a string) and so an error names the flag, not the file."""
+
+    raw: str
+    flag: str  # as typed, e.g. "--optim.lr=fast"
+
+
+def parse_override(item: str) -> tuple[list[str], CommandLineValue]:
+    """`--optim.lr=3e-5` -> (["optim", "lr"], the raw value); values are read as TOML once the
+    field's type is known (`coerce`)."""
     key, sep, raw = item.removeprefix("--").partition("=")
     if not sep or not key or "" in key.split("."):
         raise OptionError(f"an override looks like --section.key=value, got {item!r}")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.split("."), value
+    return key.split("."), CommandLineValue(raw, item if item.startswith("--") else f"--{item}")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Each `--section.key=value` set into the file's tables (a later one wins)."""
     for item in overrides:
         keys, value = parse_override(item)
         node = data
@@ -43,6 +52,55 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise OptionError(f"{item}: {'.'.join(keys[:-1])} is a value, not a section")
         node[keys[-1]] = value
     return data
+
+
+def _toml(raw: str) -> tuple[bool, Any]:
+    try:
+        return True, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return False, None
+
+
+def _optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _scalar_item(hint: Any) -> Any | None:
+    """The item type of a list or tuple of scalars (None for anything else)."""
+    for candidate in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,):
+        if typing.get_origin(candidate) in (list, tuple):
+            args = [a for a in typing.get_args(candidate) if a is not Ellipsis]
+            if args and not dataclasses.is_dataclass(args[0]):
+                return args[0]
+    return None
+
+
+def coerce(raw: str, hint: Any) -> Any:
+    """A command-line string as a value of type `hint`: TOML first (`3e-5`, `true`, `[1, 2]`,
+    `{a = 1}`); then, for what TOML does not read, the forms a shell makes easy: a string as
+    typed, `a,b,c` for a list, `k=v,k=v` for a table, `none` for an optional value."""
+    ok, value = _toml(raw)
+    if ok and _fits(value, hint):
+        return value
+    if _optional(hint) and raw.strip().lower() in ("none", "null"):
+        return None
+    if _fits(raw, hint):
+        return raw
+    item = _scalar_item(hint)
+    if item is not None:
+        values = [coerce(part.strip(), item) for part in raw.split(",") if part.strip()]
+        return tuple(values) if typing.get_origin(hint) is tuple else values
+    if (typing.get_origin(hint) or hint) is dict or any((typing.get_origin(a) or a) is dict
+                                                          for a in typing.get_args(hint)):
+        table = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            key, sep, val = part.partition("=")
+            if not sep:
+                return raw
+            parsed, number = _toml(val.strip())
+            table[key.strip()] = number if parsed else val.strip()
+        return table
+    return value if ok else raw
 
 
 def read_file(path: str | Path | None) -> dict[str, Any]:
@@ -105,30 +163,60 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def build(cls: type[T], values: Any, where: str, error: type[Exception] = OptionError) -> T:
     """`cls(**values)` with every key and type checked, nested dataclasses (and lists of them)
-    built the same way; `where` names the place for messages ("rl.toml [optim]")."""
+    built the same way; `where` names the place for messages ("rl.toml [optim]"). A value from the
+    command line (`CommandLineValue`) is read for its field's type, and an error about it names the
+    flag as typed instead of the file."""
+    if isinstance(values, CommandLineValue):
+        where, values = _from_command_line(values, dict, where)
     if not isinstance(values, dict):
         raise error(f"{where}: expected a table, got {values!r}")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise error(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+        flags = [v.flag for k, v in values.items() if k in unknown and isinstance(v, CommandLineValue)]
+        place = f"{flags[0]} (command line)" if flags else where
+        raise error(f"{place}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
                     f"valid keys: {', '.join(fields)}")
     kwargs: dict[str, Any] = {}
+    flags: list[str] = []
     for name, value in values.items():
         hint = hints[name]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+        place = where
+        if isinstance(value, CommandLineValue):
+            flags.append(value.flag)
+            if dataclasses.is_dataclass(hint):
+                kwargs[name] = build(hint, value, child(where, name), error)
+                continue
+            place, value = _from_command_line(value, hint, where)
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = build(hint, value, f"{where}.{name}", error)
+            kwargs[name] = build(hint, value, child(where, name), error)
         elif origin is list and args and dataclasses.is_dataclass(args[0]):
+            if isinstance(value, dict):  # one table given where a list of them goes
+                value = [value]
+            at = place if place != where else child(where, name)
             if not isinstance(value, list):
-                raise error(f"{where}.{name}: expected a list of tables ([[{name}]]), got {value!r}")
-            kwargs[name] = [build(args[0], v, f"{where}.{name}[{i}]", error) for i, v in enumerate(value)]
+                raise error(f"{at}: expected a list of tables ([[{name}]]), got {value!r}")
+            kwargs[name] = [build(args[0], v, f"{at}[{i}]", error) for i, v in enumerate(value)]
         elif not _fits(value, hint):
-            raise error(f"{where}: {name} must be {_type_name(hint)}, got {value!r}")
+            raise error(f"{place}: {name} must be {_type_name(hint)}, got {value!r}")
         else:
             kwargs[name] = tuple(value) if origin is tuple else value
     try:
         return cls(**kwargs)
     except (error, TypeError, ValueError) as exc:  # a check of __post_init__: say where
-        raise error(f"{where}: {exc}") from None
+        given = f" (with {', '.join(flags)} from the command line)" if flags else ""
+        raise error(f"{where}{given}: {exc}") from None
+
+
+def child(where: str, name: str) -> str:
+    """Where a nested table is: "rl.toml [teacher]" -> "rl.toml [teacher.served]"."""
+    if where.endswith("]"):
+        return f"{where[:-1]}.{name}]"
+    return f"{where} [{name}]" if where else f"[{name}]"
+
+
+def _from_command_line(value: CommandLineValue, hint: Any, where: str) -> tuple[str, Any]:
+    """Where a command-line value is named in errors, and the value read for `hint`."""
+    return f"{value.flag} (command line)", coerce(value.raw, hint)

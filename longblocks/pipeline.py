@@ -1,39 +1,60 @@
-"""A pipeline is a list of stages, as a datatrove pipeline is a list of steps: each stage module
-gives its `step(cfg)` (None when the pipeline file does not configure it), and `run_pipeline` runs
-them in order, each reading the previous stage's directory and resuming from its own. Adding a
-stage is one new module with a `Stage` and a `step`, and one line in the list below. Must not
-implement stages.
+"""A pipeline is a list of stages, as a datatrove pipeline is a list of steps: `config.STAGES`
+names each stage once with the section it is built from, and `run_pipeline` runs them in order,
+each reading the previous stage's directory and resuming from its own. Every way of running a
+stage (a pipeline file, its own command, a test) builds it here, from its section, with its
+module's one entry `stage(section)`. Must not implement stages.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
-from longblocks import dedup, judge, qa, respond, sample, select
+from longblocks.config import PART_SIZE, STAGES, PipelineConfig, stage_spec
 from longblocks.progress import Progress
-from longblocks.config import PipelineConfig
+from longblocks.store import Stage, run_stage
 
 
-def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Run every configured stage in order into `<out>/<stage>`; a stage that keeps nothing ends
-    the run there (the manifests returned say which and why)."""
-    steps = [
-        sample.step(cfg),
-        select.step(cfg),
-        dedup.step(cfg),
-        qa.step(cfg),
-        judge.step(cfg),
-        respond.step(cfg),
-    ]
+def build(name: str, section: Any, **extra: Any) -> Stage:
+    """The stage `name` from its section (`extra`: the other sections its builder takes, or a
+    replacement for what it would build itself, such as a backend in tests)."""
+    spec = stage_spec(name)
+    stage: Stage = importlib.import_module(spec.module).stage(section, **extra)
+    stage.name = spec.name
+    return stage
+
+
+def run(name: str, section: Any, inputs: list[str | Path] | list[Path], out_dir: str | Path, *,
+        part_size: int = PART_SIZE, overwrite: bool = False, progress: Progress | None = None,
+        **extra: Any) -> dict[str, Any]:
+    """Build the stage `name` from its section and run it on `inputs` into `out_dir` (resumable);
+    returns its manifest."""
+    return run_stage(build(name, section, **extra), inputs, out_dir, part_size=part_size, overwrite=overwrite,
+                     progress=progress)
+
+
+def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Progress | None = None,
+                 until: str | None = None) -> dict[str, Any]:
+    """Run every configured stage in order into `<out>/<stage>` (through `until`, when given). A
+    stage whose section leaves it out (no model, no responders) is skipped, and so is one that
+    reads what no earlier stage wrote (QA records without a generator); a stage that keeps nothing
+    ends the run there (the manifests returned say which and why)."""
     manifests: dict[str, Any] = {}
     inputs: list[Path] = []
-    for step in (s for s in steps if s is not None):
-        out = cfg.out / step.name
-        manifests[step.name] = step.run(inputs, out, part_size=cfg.part_size, overwrite=overwrite, progress=progress)
-        if manifests[step.name]["outputs"]["kept"] == 0:
+    flowing: str | None = None  # what the last stage wrote
+    for spec in STAGES:
+        section = getattr(cfg, spec.section)
+        if spec.enabled(section) and spec.reads == flowing:
+            out = cfg.out / spec.name
+            others = {name: getattr(cfg, name) for name in spec.also}
+            manifests[spec.name] = run(spec.name, section, inputs, out, part_size=cfg.part_size, overwrite=overwrite,
+                                       progress=progress, **others)
+            if manifests[spec.name]["outputs"]["kept"] == 0:
+                break
+            inputs, flowing = [out], spec.writes
+        if spec.name == until:
             break
-        inputs = [out]
     return manifests
 
 

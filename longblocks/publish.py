@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 from longblocks.errors import LongBlocksError
 from longblocks.records import PROVENANCE_COLUMNS, published_column_names, response_columns
 from longblocks.sources import CODE_LANGUAGES, REGISTRY
-from longblocks.manifest import MANIFEST, STAGES, LLMStats, SampleStats, read_manifest, stage_stats
-from longblocks.store import count_rows, input_files, read_batches
+from longblocks.config import STAGES
+from longblocks.manifest import MANIFEST, LLMStats, SampleStats, read_manifest, stage_stats
+from longblocks.store import DATA_DIR, check_output_dir, check_parts, count_rows, directory_lock, input_files, read_batches
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -73,15 +74,15 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
     bounds = [n_rows * i // n_shards for i in range(n_shards + 1)]
     target = out / subdir
     target.mkdir(parents=True, exist_ok=True)
-    for stale in target.glob(f"{split}-*.parquet"):
-        stale.unlink()
+    for stale in [*target.glob(f"{split}-*.parquet"), *target.glob(f".{split}-*.tmp")]:
+        stale.unlink()  # an earlier publish's shards (another count) and a killed one's leftovers
     paths = [target / f"{split}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
     schema = pq.ParquetFile(files[0]).schema_arrow
     schema = pa.schema([schema.field(c) for c in columns])
     shard, written, writer = 0, 0, None
 
     def open_writer(i: int) -> pq.ParquetWriter:
-        return pq.ParquetWriter(paths[i].with_suffix(".tmp"), schema, compression="zstd", write_page_index=True)
+        return pq.ParquetWriter(_tmp(paths[i]), schema, compression="zstd", write_page_index=True)
 
     writer = open_writer(0)
     for batch in read_batches(files, columns=columns, batch_size=row_group_rows):
@@ -101,8 +102,13 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
     for i in range(shard + 1, n_shards):  # shards left empty only when there are no rows
         open_writer(i).close()
     for p in paths:
-        os.replace(p.with_suffix(".tmp"), p)
+        os.replace(_tmp(p), p)
     return paths, total_bytes
+
+
+def _tmp(path: Path) -> Path:
+    """Where a shard is written until complete: hidden, so nothing lists or uploads it."""
+    return path.with_name(f".{path.stem}.tmp")
 
 
 def dataset_info(shards: list[Path], num_bytes: int) -> Any:
@@ -167,13 +173,33 @@ def publish(
     max_shard_size: str | int = "500MB", row_group_rows: int = 100, working_config: bool = False,
     license: str | None = None,
 ) -> dict[str, Any]:
-    """Write shards and a dataset card to OUT; returns a summary (files, rows, card metadata)."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
+    """Write shards and a dataset card to OUT; returns a summary (files, rows, card metadata). The
+    stage published must be complete with every part as committed (checksums read)."""
     run_dir, stage_dir = _run_dir_and_stage(Path(in_path))
+    published = read_manifest(stage_dir)
+    if published.get("status") != "complete":
+        raise LongBlocksError(f"{stage_dir} is incomplete (status {published.get('status')!r}): run its stage again "
+                              "to finish it before publishing")
+    check_parts(stage_dir, published, subdirs=(DATA_DIR,), checksums=True)  # every row there as committed
     files = input_files(stage_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
+    if repo_id:
+        from longblocks.push import check_repo_id
+
+        check_repo_id(repo_id)
+    # one publish per folder (another one at once is refused, never interleaved); the lock file sits
+    # beside the folder, which is uploaded as it is
+    with directory_lock(out, lock=out.resolve().parent / f".{out.resolve().name}.lock"):
+        return _publish(run_dir, stage_dir, files, out, repo_id=repo_id, pretty_name=pretty_name,
+                        max_shard_size=max_shard_size, row_group_rows=row_group_rows, working_config=working_config,
+                        license=license)
+
+
+def _publish(run_dir: Path, stage_dir: Path, files: list[Path], out: Path, *, repo_id: str, pretty_name: str,
+             max_shard_size: str | int, row_group_rows: int, working_config: bool, license: str | None) -> dict[str, Any]:
+    from huggingface_hub import DatasetCard, DatasetCardData
+
     columns = _table_columns(files, working=False)
     max_bytes = parse_size(max_shard_size)
     shards, num_bytes = write_shards(files, out, columns, max_shard_size=max_bytes, row_group_rows=row_group_rows)
@@ -193,7 +219,7 @@ def publish(
             stats[key].update(table[key].to_pylist())
         doc_ids.update(table["doc_id"].to_pylist())
     n_rows = sum(stats["source"].values())
-    manifests = {s: read_manifest(run_dir / s) for s in STAGES if (run_dir / s / MANIFEST).exists()}
+    manifests = {s.name: read_manifest(run_dir / s.name) for s in STAGES if (run_dir / s.name / MANIFEST).exists()}
     typed = {s: stage_stats(m) for s, m in manifests.items()}
     source_names = sorted(stats["source"])
     code = {lang for lang in stats["language"] if lang in CODE_LANGUAGES}  # programming languages: tags, body

@@ -26,15 +26,31 @@ class PlannedCommit:
     size: int
 
 
+def check_repo_id(repo_id: str) -> None:
+    """A Hub dataset id, ORG/NAME, as `huggingface_hub` validates it, checked before any request
+    (a dry run included): one line otherwise."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise LongBlocksError(f"--repo-id {repo_id!r} is not a Hub repo id: {exc}") from None
+    if repo_id.count("/") != 1:
+        raise LongBlocksError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+
+
 def plan_commits(folder: str | Path, *, max_files: int = 50, max_bytes: int = 2_000_000_000) -> list[PlannedCommit]:
     """Data files in name order, batched by count and bytes; README.md alone in the last commit so
-    the card appears once the data is complete. Hidden files are not uploaded."""
+    the card appears once the data is complete. Hidden files (a lock, a shard being written) and
+    *.tmp files are not uploaded."""
     folder = Path(folder)
     if not (folder / "README.md").exists():
         raise LongBlocksError(f"{folder} has no README.md: run `longblocks publish` first")
     files = sorted(
         str(p.relative_to(folder)) for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.name != "README.md"
+        and p.suffix != ".tmp"
     )
     commits: list[PlannedCommit] = []
     batch: list[str] = []
@@ -86,8 +102,7 @@ def push(
     log: Callable[[str], None] = print,
 ) -> list[PlannedCommit]:
     """Create the dataset repo if needed and upload the folder commit by commit."""
-    if repo_id.count("/") != 1:
-        raise LongBlocksError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+    check_repo_id(repo_id)
     commits = plan_commits(folder, max_files=max_files, max_bytes=max_bytes)
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     for commit in commits:

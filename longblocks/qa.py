@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from longblocks.backends import Backend, Completion, Messages, opened_backend
-from longblocks.config import GenerateConfig, GenerateSection, PipelineConfig
+from longblocks.backends import Backend, Completion, Messages, build_backend
+from longblocks.config import GenerateSection
 from longblocks.manifest import LLMStats, llm_stats
 from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema, response_column
 from longblocks.sources import is_code
-from longblocks.progress import Progress
-from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.store import Outcome, Rejection, RunOptions, Stage, StageWriter
 from longblocks.text import prompt_hashes, prompt_text
 
 LANGUAGE_NAMES = {
@@ -157,29 +156,34 @@ def completion_outcome(
 
 class GenerateStage(Stage):
     """One request per document for all of its pairs of one question type; the parsed pairs kept,
-    everything malformed rejected with its reason."""
+    everything malformed rejected with its reason. The backend is the section's, built when the
+    stage opens (its request cache beside the stage directory) and closed with it, unless one is
+    given (and then left open)."""
 
-    name = "generate"
     schema = qa_schema()
     columns = [f.name for f in DOCUMENT_SCHEMA]
     units = ("documents", "pairs", "pairs")
 
-    def __init__(self, cfg: GenerateConfig, backend: Backend) -> None:
-        self.cfg, self.backend = cfg, backend
-        self.settings = {"question_types": list(cfg.question_types), "n_questions": cfg.n_questions,
-                         "code_qa_language": cfg.code_qa_language,
-                         "prompt_sha256": prompt_hashes(list(cfg.question_types))}
+    def __init__(self, section: GenerateSection, backend: Backend | None = None) -> None:
+        self.section, self.given = section, backend
+        self.question_types = tuple(section.question_types)
+        self.settings = {"question_types": list(section.question_types), "n_questions": section.n_questions,
+                         "code_qa_language": section.code_qa_language,
+                         "prompt_sha256": prompt_hashes(list(section.question_types))}
+
+    def open(self, out_dir: Path, options: RunOptions) -> None:
+        self.backend = self.given or build_backend(self.section, out_dir, where=f"[{self.name}] ")
 
     def parameters(self) -> dict[str, Any]:
         return {**self.backend.describe(), **self.settings}
 
     def messages(self, doc: dict[str, Any]) -> Messages:
-        return generation_messages(doc, question_type_for(doc["id"], self.cfg.question_types), self.cfg.n_questions,
-                                   self.cfg.code_qa_language)
+        return generation_messages(doc, question_type_for(doc["id"], self.question_types), self.section.n_questions,
+                                   self.section.code_qa_language)
 
     def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
         for doc, completion in self.backend.map_ordered(items, self.messages):
-            yield completion_outcome(doc, completion, question_type=question_type_for(doc["id"], self.cfg.question_types),
+            yield completion_outcome(doc, completion, question_type=question_type_for(doc["id"], self.question_types),
                                      generator=self.backend.model)
 
     def status(self) -> dict[str, int]:
@@ -188,27 +192,12 @@ class GenerateStage(Stage):
     def stats(self, out_dir: Path) -> LLMStats:
         return llm_stats(self.backend.describe(), **self.settings)
 
-
-def generate_qa(
-    in_path: str | Path, out_dir: str | Path, cfg: GenerateConfig, backend: Backend, *, part_size: int = PART_SIZE,
-    overwrite: bool = False, on_progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Documents of IN -> QA records in OUT (resumable; finished requests live in the cache)."""
-    return run_stage(GenerateStage(cfg, backend), [in_path], out_dir, part_size=part_size, overwrite=overwrite,
-                     progress=on_progress)
+    def close(self) -> None:
+        if self.given is None and getattr(self, "backend", None) is not None:
+            self.backend.close()
 
 
-def generate_with(section: GenerateSection, inputs: list[Path], out_dir: Path, **options: Any) -> dict[str, Any]:
-    """The generate stage with the section's backend (closed afterwards): the one path every
-    command that generates takes, so the same section sends the same requests."""
-    cfg = GenerateConfig(question_types=tuple(section.question_types), n_questions=section.n_questions,
-                         code_qa_language=section.code_qa_language)
-    with opened_backend(section, out_dir, where="[generate] ") as backend:
-        return run_stage(GenerateStage(cfg, backend), inputs, out_dir, **options)
-
-
-def step(cfg: PipelineConfig) -> Step | None:
-    """`[generate]` as a pipeline stage (none without a generator model: the run ends at dedup)."""
-    if not cfg.generate.model:
-        return None
-    return Step("generate", lambda inputs, out_dir, **options: generate_with(cfg.generate, inputs, out_dir, **options))
+def stage(section: GenerateSection, *, backend: Backend | None = None) -> GenerateStage:
+    """`[generate]` as a stage: the section's endpoint and sampling, and the pairs asked per
+    document (`backend` replaces the section's endpoint, for tests; the caller closes it)."""
+    return GenerateStage(section, backend)

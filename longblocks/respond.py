@@ -11,14 +11,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from longblocks.backends import Backend, Completion, Messages, build_backend
-from longblocks.config import PipelineConfig, RespondSection
+from longblocks.config import RespondSection
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import RespondStats, llm_stats
 from longblocks.records import content_id, qa_columns, qa_schema, reasoning_column, response_column
-from longblocks.progress import Progress
-from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.store import Outcome, Rejection, RunOptions, Stage, StageWriter
 from longblocks.text import prompt_hashes, prompt_text
 
 Answers = dict[str, Completion]
@@ -56,15 +54,24 @@ def _answered(stream: Iterable[tuple[dict[str, Any], Answers]], name: str,
 
 
 class RespondStage(Stage):
-    """Every QA record with each responder's answer (see the module docstring)."""
+    """Every QA record with each responder's answer (see the module docstring). Each responder's
+    backend is built when the stage opens, with its own request cache, unless the backends are
+    given (then left open)."""
 
-    name = "respond"
     units = ("pairs", "pairs", "responses")
 
-    def __init__(self, responders: dict[str, Backend]) -> None:
-        if not responders:
+    def __init__(self, section: RespondSection, backends: dict[str, Backend] | None = None) -> None:
+        if not section.responders and not backends:
             raise LongBlocksError("respond needs at least one responder")
-        self.responders = responders
+        self.section, self.given = section, backends
+        self.responders: dict[str, Backend] = dict(backends or {})
+
+    def open(self, out_dir: Path, options: RunOptions) -> None:
+        if self.given is not None:
+            return
+        for responder in self.section.responders:
+            self.responders[responder.name] = build_backend(
+                responder, out_dir.parent / f"{out_dir.name}.{responder.name}", where=f"[{self.name}] {responder.name}: ")
 
     def provenance(self) -> dict[str, dict[str, Any]]:
         return {name: {**backend.describe(), "column": response_column(name)} for name, backend in self.responders.items()}
@@ -95,32 +102,13 @@ class RespondStage(Stage):
                                              prompt_sha256=prompt_hashes(["respond"]))
                              for name, backend in self.responders.items()})
 
-
-def respond(
-    in_path: str | Path, out_dir: str | Path, responders: dict[str, Backend], *, part_size: int = PART_SIZE,
-    overwrite: bool = False, on_progress: Progress | None = None,
-) -> dict[str, Any]:
-    """QA records of IN with each responder's answer into OUT (resumable; answers live in the caches)."""
-    return run_stage(RespondStage(responders), [in_path], out_dir, part_size=part_size, overwrite=overwrite,
-                     progress=on_progress)
+    def close(self) -> None:
+        if self.given is None:
+            for backend in self.responders.values():
+                backend.close()
 
 
-def respond_with(section: RespondSection, inputs: list[Path], out_dir: Path, **options: Any) -> dict[str, Any]:
-    """The respond stage with one backend per responder (each with its own request cache)."""
-    backends: dict[str, Backend] = {}
-    try:
-        for responder in section.responders:
-            backends[responder.name] = build_backend(responder, out_dir.parent / f"{out_dir.name}.{responder.name}",
-                                                     where=f"[respond] {responder.name}: ")
-        return run_stage(RespondStage(backends), inputs, out_dir, **options)
-    finally:
-        for backend in backends.values():
-            backend.close()
-
-
-def step(cfg: PipelineConfig) -> Step | None:
-    """`[[respond.responders]]` as a pipeline stage (none without responders, or without a
-    generator to give them questions)."""
-    if not cfg.respond.responders or not cfg.generate.model:
-        return None
-    return Step("respond", lambda inputs, out_dir, **options: respond_with(cfg.respond, inputs, out_dir, **options))
+def stage(section: RespondSection, *, backends: dict[str, Backend] | None = None) -> RespondStage:
+    """`[[respond.responders]]` as a stage: each responder answers every question (`backends`, by
+    column name, replace the section's endpoints, for tests; the caller closes them)."""
+    return RespondStage(section, backends)

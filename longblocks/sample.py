@@ -12,10 +12,9 @@ from typing import Any
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import SampleStats
 from longblocks.records import DOCUMENT_SCHEMA, content_id
-from longblocks.config import PipelineConfig
+from longblocks.config import SelectConfig, SourceConfig
 from longblocks.sources import Candidate, Source, open_source
-from longblocks.progress import Progress
-from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, run_stage
+from longblocks.store import Outcome, Rejection, Stage, StageWriter
 
 
 Admit = Callable[[dict[str, Any]], "dict[str, Any] | Rejection"]
@@ -25,7 +24,6 @@ class SampleStage(Stage):
     """A source's stream into documents: up to `quotas[key]` per quota key (all when None); the key
     is the language, or `quota_key(doc)` (e.g. "en/32k-64k"). See `sample`."""
 
-    name = "sample"
     schema = DOCUMENT_SCHEMA
 
     def __init__(self, source: Source, quotas: Mapping[str, int] | None, *, seed: int = 0, admit: Admit | None = None,
@@ -103,40 +101,23 @@ class SampleStage(Stage):
                            kept_by_quota=dict(sorted(self.counts.items())), unmet=unmet, license=self.source.license)
 
 
-def sample(
-    source: Source,
-    out_dir: str | Path,
-    *,
-    quotas: Mapping[str, int] | None,
-    seed: int = 0,
-    part_size: int = PART_SIZE,
-    overwrite: bool = False,
-    on_progress: Progress | None = None,
-    admit: Admit | None = None,
-    quota_key: Callable[[dict[str, Any]], str] | None = None,
-) -> dict[str, Any]:
-    """Write up to `quotas[key]` documents per quota key (all of them when `quotas` is None); the
-    key is the language, or `quota_key(doc)` (e.g. "en/32k-64k").
-
-    With `admit` (selection while streaming: the document with its token count, or a rejection),
-    a quota counts documents that passed selection, so it means what it says. Rejected raw items
-    (empty, binary, not UTF-8, too large, missing text, unreadable files), documents admit refuses,
-    documents for a full quota and repeated rows are recorded with their reason. The manifest
-    lists the quotas the source could not fill (`unmet`). Restarting continues where the last run
-    committed.
-    """
-    stage = SampleStage(source, quotas, seed=seed, admit=admit, quota_key=quota_key)
-    return run_stage(stage, [], out_dir, part_size=part_size, overwrite=overwrite, progress=on_progress)
-
-
-def step(cfg: PipelineConfig) -> Step:
-    """`[source]` (and `[select]` when quotas count length bins) as the pipeline's first stage."""
-    def run(inputs: list[Path], out_dir: Path, **options: Any) -> dict[str, Any]:
+def stage(section: SourceConfig, *, select: SelectConfig | None = None, source: Source | None = None) -> SampleStage:
+    """`[source]` as the pipeline's first stage: up to the section's quotas per language (all
+    documents without quotas), drawn with its seed; with `bin_quotas`, per language and length bin,
+    counting documents that pass `[select]` (selection runs while sampling, so a quota means what
+    it says). Rejected raw items (empty, binary, not UTF-8, too large, missing text, unreadable
+    files), documents selection refuses, documents for a full quota and repeated rows are recorded
+    with their reason; the manifest lists the quotas the source could not fill (`unmet`). `source`
+    replaces the section's (an opened `Source`, for tests)."""
+    quotas = section.resolved_quotas()
+    admit, key = None, None
+    if section.bin_quotas:
         from longblocks.select import admit_selected
 
-        admit, key = admit_selected(cfg.select) if cfg.source.bin_quotas else (None, None)
-        stage = SampleStage(open_source(cfg.source), cfg.source.resolved_quotas(), seed=cfg.source.seed, admit=admit,
-                            quota_key=key)
-        return run_stage(stage, inputs, out_dir, **options)
-
-    return Step("sample", run)
+        select = select or SelectConfig()
+        unknown = sorted(set(section.bin_quotas) - set(select.bin_labels()))
+        if unknown:
+            raise LongBlocksError(f"source.bin_quotas: unknown bin(s) {unknown}; the bins of select.bins are "
+                                  f"{select.bin_labels()}")
+        admit, key = admit_selected(select)
+    return SampleStage(source or open_source(section), quotas, seed=section.seed, admit=admit, quota_key=key)

@@ -9,15 +9,13 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from longblocks.config import PipelineConfig, SelectConfig
+from longblocks.config import SelectConfig
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA
 from longblocks.sources import is_code
-from longblocks.progress import Progress
-from longblocks.store import PART_SIZE, Outcome, Rejection, Stage, StageWriter, Step, batched, run_stage
+from longblocks.store import Outcome, Rejection, Stage, StageWriter, batched
 
 TokenCounter = Callable[[list[str]], list[int]]
 
@@ -131,7 +129,6 @@ def admit_selected(cfg: SelectConfig, count_tokens: TokenCounter | None = None) 
 class SelectStage(Stage):
     """Documents in, documents with their token count kept, the rest rejected with a reason."""
 
-    name = "select"
     schema = DOCUMENT_SCHEMA
     columns = [f.name for f in DOCUMENT_SCHEMA]
 
@@ -149,21 +146,6 @@ class SelectStage(Stage):
             yield from select_batch(batch, self.cfg, self.count_tokens)
 
 
-def select(
-    in_path: str | Path,
-    out_dir: str | Path,
-    cfg: SelectConfig,
-    *,
-    part_size: int = PART_SIZE,
-    overwrite: bool = False,
-    count_tokens: TokenCounter | None = None,
-    on_progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Documents of IN within the token bounds and self-contained into OUT; the rest rejected."""
-    return run_stage(SelectStage(cfg, count_tokens=count_tokens), [in_path], out_dir,
-                     part_size=part_size, overwrite=overwrite, progress=on_progress)
-
-
-def step(cfg: PipelineConfig) -> Step:
-    """`[select]` as a pipeline stage."""
-    return Step("select", lambda inputs, out_dir, **options: run_stage(SelectStage(cfg.select), inputs, out_dir, **options))
+def stage(section: SelectConfig, *, count_tokens: TokenCounter | None = None) -> SelectStage:
+    """`[select]` as a stage (`count_tokens` replaces the section's tokenizer, for tests)."""
+    return SelectStage(section, count_tokens=count_tokens)

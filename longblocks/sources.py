@@ -295,8 +295,11 @@ class Source:
         import datasets
 
         def rows(path: str) -> Iterator[Candidate]:
-            dataset = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
-            dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+            if builder == "json":  # row by row: a bad line is that line's rejection, the file's good lines kept
+                dataset: Any = shuffled(json_rows(Path(path), self.label), seed, self.shuffle_buffer)
+            else:
+                dataset = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True)
+                dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
             yield from self._rows(dataset, origin=path, fixed_language=None, language_column=self.language_field,
                                   id_field="id")
 
@@ -368,6 +371,9 @@ class Source:
     ) -> Iterator[Candidate]:
         checked = False
         for index, row in enumerate(dataset):
+            if isinstance(row, Rejection):  # a line of a json file that is not a row
+                yield Candidate(rejection=row)
+                continue
             if not checked:
                 if self.text_field not in row:
                     raise LongBlocksError(
@@ -460,3 +466,70 @@ def open_source(cfg: SourceConfig) -> Source:
     if cfg.name == "stack-edu":
         options.update(contents=cfg.stack_edu_contents, contents_concurrency=cfg.stack_edu_concurrency)
     return resolve_source(cfg.name, **options)
+
+
+def json_rows(path: Path, label: str) -> Iterator[dict[str, Any] | Rejection]:
+    """The rows of a .jsonl or .json file one at a time: a JSON array of objects (or {"data": [...]}),
+    else JSON Lines. A line that is not UTF-8 or not a JSON object (or an array item that is not an
+    object) is an `unreadable_line` rejection naming the file and line; the other rows are read."""
+    def bad(where: str, error: str) -> Rejection:
+        return Rejection(content_id("line", label, str(path), where), "unreadable_line", f"{path}:{where}: {error}")
+
+    if path.suffix.lower() == ".json":
+        try:
+            whole = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            whole = None  # not one JSON document: JSON Lines
+        if isinstance(whole, dict) and isinstance(whole.get("data"), list):
+            whole = whole["data"]
+        if isinstance(whole, list):
+            for i, row in enumerate(whole):
+                problem = f"not an object: {type(row).__name__}" if not isinstance(row, dict) else _unencodable(row)
+                yield bad(f"item {i}", problem) if problem else row
+            return
+        if isinstance(whole, dict):
+            yield whole
+            return
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                yield bad(f"line {number}", f"not UTF-8 ({exc.reason} at byte {exc.start})")
+                continue
+            except ValueError as exc:
+                yield bad(f"line {number}", f"not JSON ({str(exc).splitlines()[0][:200]})")
+                continue
+            if not isinstance(row, dict):
+                yield bad(f"line {number}", f"not an object: {type(row).__name__}")
+            elif problem := _unencodable(row):
+                yield bad(f"line {number}", problem)
+            else:
+                yield row
+
+
+def _unencodable(row: dict[str, Any]) -> str:
+    """Why a decoded row cannot be stored as UTF-8 (JSON escapes allow a lone surrogate, \\ud800)."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"a lone surrogate ({exc.object[exc.start:exc.end]!a}) no UTF-8 text can hold"
+    return ""
+
+
+def shuffled(items: Iterator[Any], seed: int, buffer_size: int) -> Iterator[Any]:
+    """A seeded buffer shuffle, as `datasets`' streaming shuffle draws: fill a buffer, then hand out
+    a random slot and put the next item there (bounded memory, the same order for the same seed)."""
+    rng = random.Random(seed)
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        slot = rng.randrange(buffer_size)
+        yield buffer[slot]
+        buffer[slot] = item
+    rng.shuffle(buffer)
+    yield from buffer

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -82,12 +83,116 @@ def input_files(path: str | Path) -> list[Path]:
         if not ({REJECTED_DIR, CONSUMED_DIR} & set(p.relative_to(root).parts[:-1]))
     )
     if (path / MANIFEST).exists():
-        # Only committed parts count: a stage killed mid-write leaves orphans that are not inputs.
-        committed = {f"{p['name']}.parquet" for p in read_manifest(path)["outputs"]["parts"]}
+        # Only committed parts count: a stage killed mid-write leaves orphans that are not inputs;
+        # and every committed part must be there as committed (never a silent loss of rows).
+        manifest = read_manifest(path)
+        check_parts(path, manifest, subdirs=(DATA_DIR,))
+        committed = {f"{p['name']}.parquet" for p in manifest["outputs"]["parts"]}
         files = [p for p in files if p.name in committed]
     if not files:
         raise LongBlocksError(f"no parquet shards found under {path}")
     return files
+
+
+CHECKSUM = "xxh3_128"
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """What the manifest keeps of a committed file: rows, bytes and checksum."""
+    return {"rows": pq.ParquetFile(path).metadata.num_rows, "bytes": path.stat().st_size, CHECKSUM: checksum(path)}
+
+
+def checksum(path: Path) -> str:
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def part_problems(stage_dir: Path, manifest: dict[str, Any], *, subdirs: Sequence[str] = (DATA_DIR, REJECTED_DIR, CONSUMED_DIR),
+                  checksums: bool = False) -> dict[str, str]:
+    """Committed parts that are not there as committed, by part name: a file missing, of another
+    size or (with `checksums`) of other contents. Parts committed before files were recorded pass."""
+    problems: dict[str, str] = {}
+    for part in manifest["outputs"]["parts"]:
+        for sub in subdirs:
+            record = part.get("files", {}).get(sub)
+            if record is None:
+                continue
+            path = stage_dir / sub / f"{part['name']}.parquet"
+            if not path.exists():
+                problem = "is missing"
+            elif path.stat().st_size != record["bytes"]:
+                problem = f"has {path.stat().st_size} bytes where {record['bytes']} were committed"
+            elif checksums and checksum(path) != record[CHECKSUM]:
+                problem = "does not match its committed checksum"
+            else:
+                continue
+            problems.setdefault(part["name"], f"{path} {problem} ({record['rows']} rows)")
+    return problems
+
+
+def check_parts(stage_dir: Path, manifest: dict[str, Any], **options: Any) -> None:
+    """`part_problems` as one line naming the first damaged part and how to redo just that part."""
+    problems = part_problems(stage_dir, manifest, **options)
+    if problems:
+        name, detail = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more part(s))" if len(problems) > 1 else ""
+        raise LongBlocksError(f"{detail}: part {name} of {stage_dir} was lost after it was committed{more}; "
+                              f"`longblocks repair {stage_dir}` drops the damaged part(s) from its manifest, then "
+                              "running the stage again redoes only their inputs")
+
+
+def set_aside_damaged_caches(stage_dir: Path) -> list[str]:
+    """Request caches of a stage (`STAGE[.NAME].requests.sqlite` beside it) that sqlite cannot read,
+    renamed to `*.damaged`: the next run starts an empty one."""
+    import sqlite3
+
+    moved = []
+    for path in sorted(stage_dir.parent.glob(f"{stage_dir.name}.*requests.sqlite")):
+        try:
+            with sqlite3.connect(path) as db:
+                db.execute("SELECT count(*) FROM completions").fetchone()
+            continue
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+        damaged = path.with_name(path.name + ".damaged")
+        os.replace(path, damaged)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        moved.append(f"{path} ({problem}) set aside as {damaged}: a new cache fills as requests are answered again")
+    return moved
+
+
+def repair(stage_dir: Path) -> list[str]:
+    """Drop the parts that are not there as committed (checksums read) from a stage's manifest, and
+    their remaining files, so the stage's next run redoes only their inputs, and set aside request
+    caches sqlite cannot read; returns what it did, a line each."""
+    with directory_lock(stage_dir):
+        manifest = read_manifest(stage_dir)
+        problems = part_problems(stage_dir, manifest, checksums=True)
+        caches = set_aside_damaged_caches(stage_dir)
+        if not problems:
+            return caches
+        kept_parts = []
+        rejected: Counter[str] = Counter(manifest["rejected"])
+        for part in manifest["outputs"]["parts"]:
+            if part["name"] not in problems:
+                kept_parts.append(part)
+                continue
+            manifest["outputs"]["kept"] -= part["kept"]
+            manifest["inputs"]["consumed"] -= part["consumed"]
+            rejected.subtract(part["rejected"])
+            for sub in (DATA_DIR, REJECTED_DIR, CONSUMED_DIR):
+                (stage_dir / sub / f"{part['name']}.parquet").unlink(missing_ok=True)
+        manifest["outputs"]["parts"] = kept_parts
+        manifest["rejected"] = {k: n for k, n in sorted(rejected.items()) if n > 0}
+        manifest["status"] = "incomplete"
+        _atomic_write_text(stage_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        return [*problems.values(), *caches]
 
 
 def damaged_file_guard(path: Path, read: Callable[[], Any]) -> Any:
@@ -247,6 +352,7 @@ class StageWriter:
                     "use --overwrite to start again or another output directory"
                 )
             self._remove_orphans()
+            check_parts(self.out_dir, self.manifest)
             for part in self.manifest["outputs"]["parts"]:
                 path = self.out_dir / CONSUMED_DIR / f"{part['name']}.parquet"
                 self._consumed.update(damaged_file_guard(path, lambda: pq.read_table(path)["id"].to_pylist()))
@@ -314,7 +420,8 @@ class StageWriter:
         return self.manifest
 
     def _commit(self) -> None:
-        name = f"part-{len(self.manifest['outputs']['parts']):05d}"
+        parts = self.manifest["outputs"]["parts"]
+        name = f"part-{max((int(p['name'].split('-')[1]) for p in parts), default=-1) + 1:05d}"
         kept = [r for o in self._pending for r in o.kept]
         rejected = [
             {"id": r.id, "reason": r.reason, "detail": r.detail, **r.fields} for o in self._pending for r in o.rejected
@@ -328,8 +435,10 @@ class StageWriter:
             self.out_dir / CONSUMED_DIR / f"{name}.parquet",
         )
         reasons = Counter(r["reason"] for r in rejected)
+        files = {sub: file_record(self.out_dir / sub / f"{name}.parquet") for sub in (DATA_DIR, REJECTED_DIR, CONSUMED_DIR)}
         self.manifest["outputs"]["parts"].append(
-            {"name": name, "consumed": len(self._pending), "kept": len(kept), "rejected": dict(sorted(reasons.items()))}
+            {"name": name, "consumed": len(self._pending), "kept": len(kept), "rejected": dict(sorted(reasons.items())),
+             "files": files}
         )
         self.manifest["outputs"]["kept"] += len(kept)
         self.manifest["inputs"]["consumed"] += len(self._pending)
@@ -356,14 +465,25 @@ class StageWriter:
         (self.out_dir / MANIFEST).unlink()
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a stage runs, not what it makes: the commit granularity, whether to start over, progress."""
+
+    part_size: int = PART_SIZE
+    overwrite: bool = False
+    progress: Progress | None = None
+
+
 class Stage:
     """The contract of a stage (as datatrove's pipeline step is of its steps): a `name` (its
-    directory and manifest), the `schema` of the records it keeps, the `parameters` its output
-    depends on (a rerun with others is refused), and `process`, which turns the unconsumed input
-    records, in order, into one `Outcome` per input, in the same order. Hooks, all optional:
-    `prepare(files)` once the input files are known (a schema that depends on them), `items` for a
-    stage whose input is not parquet records (sample streams a source), `stats()` for the typed
-    statistics in the manifest, `status()` for live progress fields, `close()`."""
+    directory and manifest; given by `config.STAGES`), the `schema` of the records it keeps, the
+    `parameters` its output depends on (a rerun with others is refused), and `process`, which turns
+    the unconsumed input records, in order, into one `Outcome` per input, in the same order. Hooks,
+    all optional: `open(out_dir, options)` first, for what the run needs beside its directory (a
+    backend and its request cache, dedup's signatures); `prepare(files)` once the input files are
+    known (a schema that depends on them); `items` for a stage whose input is not parquet records
+    (sample streams a source); `stats()` for the typed statistics in the manifest; `status()` for
+    live progress fields; `close()`, always called once `open` was."""
 
     name = ""
     schema: pa.Schema
@@ -371,6 +491,9 @@ class Stage:
     columns: Sequence[str] | None = None  # input columns read (None: all)
     group_by: str | None = None  # hand `process` lists of consecutive records sharing this column
     units = ("documents", "documents", "documents")  # what it consumes, keeps and rejects (summaries)
+
+    def open(self, out_dir: Path, options: RunOptions) -> None:
+        pass
 
     def parameters(self) -> dict[str, Any]:
         return {}
@@ -405,16 +528,6 @@ class Stage:
 
     def close(self) -> None:
         pass
-
-
-@dataclass
-class Step:
-    """A stage as `run_pipeline` runs it: `run(inputs, out_dir, part_size=, overwrite=, progress=)`
-    builds what the stage needs from the pipeline's config (a backend, a source), runs it with
-    `run_stage` and closes what it opened; returns the manifest."""
-
-    name: str
-    run: Callable[..., dict[str, Any]]
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -460,17 +573,20 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 @contextmanager
-def directory_lock(out_dir: Path) -> Iterator[None]:
+def directory_lock(out_dir: Path, lock: Path | None = None) -> Iterator[None]:
     """One run per stage directory: an advisory lock (`flock`) on `OUT/.lock`, which holds the
     holder's pid. A second run exits with one line naming that pid; the kernel drops the lock of a
-    process that died, so a killed run's directory is simply taken over by the next run."""
+    process that died, so a killed run's directory is simply taken over by the next run. `lock` puts the lock file elsewhere (a folder that is
+    uploaded as it is)."""
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]  # what this run makes, innermost first
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock or out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
+        created = []
         raise LongBlocksError(f"{out_dir} is being written by another run (pid {holder}); wait for it to end or stop "
                               "it, then run again") from None
     try:
@@ -481,6 +597,12 @@ def directory_lock(out_dir: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+        if created and {p.name for p in out_dir.iterdir()} <= {LOCK}:  # a run that made nothing leaves nothing
+            (out_dir / LOCK).unlink(missing_ok=True)
+            for folder in created:
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *, part_size: int = PART_SIZE,
@@ -488,13 +610,18 @@ def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *
     """Run `stage` on the parquet shards of `inputs` (stage directories, folders or files; none
     for a stage that reads a source) into `out_dir`, resuming what a killed run committed; the
     manifest (with the stage's typed `stats`) is returned."""
+    if not stage.name:
+        raise LongBlocksError(f"{type(stage).__name__} has no name: build stages with longblocks.pipeline.build")
     files = [f for path in inputs for f in input_files(path)]
-    stage.prepare(files)
-    params = {**stage.parameters(), **({"inputs": [str(Path(f).resolve()) for f in files]} if files else {})}
+    options = RunOptions(part_size=part_size, overwrite=overwrite, progress=progress)
     progress = progress or no_progress
-    total = stage.total(files)  # reads every input's footer: a damaged file stops the run before OUT exists
-    check_output_dir(Path(out_dir))
+    fresh = not Path(out_dir).exists()
     try:
+        stage.open(Path(out_dir), options)
+        stage.prepare(files)
+        params = {**stage.parameters(), **({"inputs": [str(Path(f).resolve()) for f in files]} if files else {})}
+        total = stage.total(files)  # reads every input's footer: a damaged file stops the run before OUT exists
+        check_output_dir(Path(out_dir))
         with directory_lock(Path(out_dir)):
             writer = StageWriter(out_dir, stage=stage.name, schema=stage.schema, params=params,
                                  inputs=[str(f) for f in files], part_size=part_size, overwrite=overwrite,
@@ -507,6 +634,10 @@ def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *
                 progress(stage.name, stage.advance(outcome), None, kept=kept, rejected=rejected, **stage.status())
             stats = to_json(stage.stats(Path(out_dir)))
             manifest = writer.finish(units=list(stage.units), **({"stats": stats} if stats is not None else {}))
+    except BaseException:
+        if fresh and Path(out_dir).exists() and not any(Path(out_dir).rglob(MANIFEST)):
+            shutil.rmtree(out_dir, ignore_errors=True)  # a stage that failed before committing anything leaves nothing
+        raise
     finally:
         stage.close()
     progress(stage.name, 0, None, done=1)

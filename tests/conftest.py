@@ -91,11 +91,13 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def cli(*args: str, check: bool = True, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, check: bool = True, env: dict[str, str] | None = None, timeout: int = 300,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run one of our console scripts (from the same environment as the tests)."""
     exe = Path(sys.executable).parent / args[0]
     cmd = [str(exe) if exe.exists() else shutil.which(args[0]) or args[0], *args[1:]]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout,
+                            cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -42,8 +42,14 @@ def test_trainer_config_mistakes_are_one_line_before_torch(tmp_path: Path, no_to
     config = tmp_path / "sft.toml"
     config.write_text(f'[model]\npath = "org/model"\n[[data.long]]\npath = "{data}"\n[optim]\nlr = 1e-5\n')
     out = tmp_path / "runs"
-    one_line(cli("dgrpo-train", "sft", "--config", str(config), "--optim.lr=fast", f"--run.out={out}", check=False,
-                 env=no_torch), str(config), "optim", "lr", "must be a number", "'fast'")
+    line = one_line(cli("dgrpo-train", "sft", "--config", str(config), "--optim.lr=fast", f"--run.out={out}",
+                        check=False, env=no_torch), "--optim.lr=fast (command line)", "lr must be a number", "'fast'")
+    assert str(config) not in line, "a value from the command line is not the file's"
+    config.write_text(config.read_text().replace("lr = 1e-5", 'lr = "fast"'))
+    line = one_line(cli("dgrpo-train", "sft", "--config", str(config), f"--run.out={out}", check=False, env=no_torch),
+                    f"{config} [optim]", "lr must be a number", "'fast'")
+    assert "command line" not in line
+    config.write_text(config.read_text().replace('lr = "fast"', "lr = 1e-5"))
     one_line(cli("dgrpo-train", "sft", "--config", str(config), "--optim.lrr=1", check=False, env=no_torch),
              "unknown key 'lrr'", "valid keys:", "lr", "warmup_steps")
     afile = tmp_path / "afile"
@@ -77,7 +83,8 @@ def test_pipeline_file_mistakes_name_the_file_section_and_key(tmp_path: Path) ->
     pipeline.write_text(base + '[select]\nmin_tokens = "many"\n')
     one_line(cli("longblocks", "run", str(pipeline), check=False), "[select]", "min_tokens must be an integer", "'many'")
     pipeline.write_text(base)
-    one_line(cli("longblocks", "run", str(pipeline), "--dedup.bands=x", check=False), "[dedup]", "bands")
+    one_line(cli("longblocks", "run", str(pipeline), "--dedup.bands=x", check=False), "--dedup.bands=x (command line)",
+             "bands must be an integer")
     assert not (tmp_path / "run").exists()
 
 

@@ -29,18 +29,23 @@ def _choice(where: str, value: Any, allowed: tuple[Any, ...]) -> None:
 
 @dataclasses.dataclass
 class ModelConfig:
-    path: str = ""  # local folder or Hub id
+    path: str = ""  # local folder or Hub id ({smollm2}: the prepared offline SmolLM2-135M-Instruct)
     tokenizer: str | None = None  # default: same as path
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the model repository's own code (off unless asked)
     # The compute dtype (auto: bf16 on CUDA, fp32 on CPU). Parameters and optimizer state stay fp32
     # (master weights); forward and backward run in this dtype (autocast, or FSDP2's mixed precision).
     dtype: str = "auto"
     attn_implementation: str | None = None  # e.g. flash_attention_2 (varlen packing) or sdpa
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True  # recompute activations in the backward pass (memory for time)
+    # keep only the first N decoder layers (a smaller student cut from the model, sharing its tokenizer
+    # and head; final/ is saved with N layers); 0: all
+    keep_layers: int = 0
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: fp32 parameters, gradients and AdamW state live in host memory
 
     def __post_init__(self) -> None:
         _choice("model.dtype", self.dtype, DTYPES)
+        if self.keep_layers < 0:
+            raise ConfigError(f"model.keep_layers must be >= 0 (0: all layers), got {self.keep_layers}")
 
 
 def _need_model(model: ModelConfig) -> None:
@@ -50,11 +55,11 @@ def _need_model(model: ModelConfig) -> None:
 
 @dataclasses.dataclass
 class DataSource:
-    path: str = ""  # parquet file/dir/glob, a longblocks stage dir, or a Hub dataset id
-    split: str = "train"
+    path: str = ""  # parquet file/dir/glob, a longblocks stage or publish dir, or a Hub dataset id
+    split: str = "train"  # the dataset split
     name: str | None = None  # Hub config
     target: str = "answer"  # LongBlocks rows: `answer` or a `response_<model>` column
-    prompt: str = "{document}\n\n{question}"
+    prompt: str = "{document}\n\n{question}"  # LongBlocks rows: the user turn, from the row's columns
 
 
 def _mixture(where: str, short_fraction: float) -> None:
@@ -64,13 +69,13 @@ def _mixture(where: str, short_fraction: float) -> None:
 
 @dataclasses.dataclass
 class DataConfig:
-    long: list[DataSource] = dataclasses.field(default_factory=list)
-    short: list[DataSource] = dataclasses.field(default_factory=list)
+    long: list[DataSource] = dataclasses.field(default_factory=list)  # long-context sources: [[data.long]]
+    short: list[DataSource] = dataclasses.field(default_factory=list)  # short sources (any `messages` dataset): [[data.short]]
     short_fraction: float = 0.1  # of trained tokens, realized by the mixture sampler
-    max_seq_len: int = 32768
+    max_seq_len: int = 32768  # tokens per packed sequence
     overlong: str = "drop"  # drop | truncate (keep the first max_seq_len tokens)
-    pack: bool = True
-    seed: int = 0
+    pack: bool = True  # pack several samples per sequence (position ids restart; no cross-sample attention)
+    seed: int = 0  # the mixture's and the shuffle's seed
 
     def __post_init__(self) -> None:
         _mixture("data", self.short_fraction)
@@ -79,13 +84,13 @@ class DataConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    lr: float = 1e-5
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    max_grad_norm: float = 1.0
-    steps: int = 100
+    lr: float = 1e-5  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr x this
+    warmup_steps: int = 10  # linear warmup steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    max_grad_norm: float = 1.0  # gradient clipping by global norm
+    steps: int = 100  # optimizer steps
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.steps < 1 or self.warmup_steps < 0:
@@ -100,13 +105,13 @@ class SFTOptimConfig(OptimConfig):
 
 @dataclasses.dataclass
 class RunConfig:
-    out: str = "runs/sft"
-    seed: int = 0
-    save_every: int = 50
-    log_every: int = 1
-    tensorboard: bool = True
-    wandb: bool = False
-    wandb_project: str = "dgrpo"
+    out: str = "runs/sft"  # the run folder: checkpoints, metrics, final/ (re-running resumes from it)
+    seed: int = 0  # seeds torch, sampling and data order
+    save_every: int = 50  # checkpoint every this many steps
+    log_every: int = 1  # metrics every this many steps
+    tensorboard: bool = True  # also write TensorBoard events
+    wandb: bool = False  # also log to Weights & Biases
+    wandb_project: str = "dgrpo"  # the W&B project
 
 
 @dataclasses.dataclass
@@ -148,7 +153,7 @@ TEACHER_TERMS_HELP = ("full or topk with combine=loss (reverse, forward or jsd);
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
     beta: float = 0.0  # weight of the teacher KL; 0 is GRPO
-    eps_low: float = 0.2
+    eps_low: float = 0.2  # the ratio's lower clip: 1 - eps_low
     eps_high: float = 0.2  # > eps_low is DAPO's clip-higher
     # Dual clip on negative advantages (verl's clip_ratio_c, 3 there): the surrogate is at least c x A,
     # so a token whose ratio ran far above 1 cannot push an unbounded loss. 0: off; otherwise > 1.
@@ -170,25 +175,25 @@ class ObjectiveConfig:
     # completion tokens only; h > 1 is tokens, 0 < h <= 1 a fraction of rollout.max_new_tokens, 0 all.
     # With horizon_steps > 0, h grows linearly from `horizon` to `horizon_final` over that many steps.
     horizon: float = 0.0
-    horizon_final: float = 0.0
-    horizon_steps: int = 0
+    horizon_final: float = 0.0  # POPD: the horizon reached after horizon_steps
+    horizon_steps: int = 0  # POPD: steps over which the horizon grows (0: fixed)
     # G-OPD / ExOPD (reward scaling): the sampled-token reward lambda (log q - log ref) - (log p - log ref);
     # lambda > 1 extrapolates past the teacher. `reference` is the reference model's folder or Hub id
     # ("" = the student's initial weights, model.path); loaded (frozen) only when reward_scale != 1.
     reward_scale: float = 1.0
-    reference: str = ""
+    reference: str = ""  # G-OPD: the reference model ("": the student's initial weights)
     # TIP (token importance): the teacher term only on a `token_fraction` of each micro-batch's tokens,
     # chosen by student entropy and teacher-student divergence: entropy (highest entropy), divergence
     # (highest divergence), overconfident (entropy at or below the median, highest divergence), tip
     # (half each of entropy and overconfident). REOPOLD's token-level dynamic sampling is `entropy`.
     token_select: str = "none"
-    token_fraction: float = 1.0
+    token_fraction: float = 1.0  # TIP: the fraction of each micro-batch's tokens the teacher term keeps
     # REOPOLD (relaxed OPD): mixture-based clipping of the sampled-token reward, a floor
     # r = max(log q/p, log(lambda / (1 - lambda))) with lambda in (0, 0.5] (1: off, plain log q/p);
     # with relax_steps > 0, the relaxations (mixture_clip, token_select) hold for the first
     # relax_steps steps (exploration), then plain OPD on every token (refinement).
     mixture_clip: float = 1.0
-    relax_steps: int = 0
+    relax_steps: int = 0  # REOPOLD: steps of exploration (mixture_clip, token_select) before plain OPD
 
     def __post_init__(self) -> None:
         _choice("objective.estimator", self.estimator, ESTIMATORS)
@@ -244,9 +249,9 @@ class ServedConfig:
     model: str = ""  # the model name the server knows
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key (the key itself is never in a config)
     protocol: str = "prompt_logprobs"  # prompt_logprobs (vLLM) | echo (completions echo + logprobs)
-    concurrency: int = 16
-    timeout: float = 600.0
-    max_retries: int = 6
+    concurrency: int = 16  # requests in flight
+    timeout: float = 600.0  # seconds per request
+    max_retries: int = 6  # retries on 429, 5xx, connection errors and timeouts
 
     def __post_init__(self) -> None:
         _choice("teacher.served.protocol", self.protocol, ("prompt_logprobs", "echo"))
@@ -257,7 +262,7 @@ class TeacherConfig:
     source: str = "none"  # none | local | served | precomputed
     path: str = ""  # local: model folder or Hub id (same vocabulary as the student)
     dtype: str = "auto"  # local: loaded in this dtype (no master copy: the teacher is not trained)
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # local: run the teacher repository's own code (off unless asked)
     served: ServedConfig = dataclasses.field(default_factory=ServedConfig)
 
     def __post_init__(self) -> None:
@@ -272,17 +277,17 @@ class TeacherConfig:
 @dataclasses.dataclass
 class RolloutConfig:
     engine: str = "hf"  # hf (transformers, our sampling loop, any device) | vllm (colocated vllm.LLM)
-    prompts_per_step: int = 8
+    prompts_per_step: int = 8  # prompts sampled per optimizer step
     group_size: int = 8  # G completions per prompt
-    max_new_tokens: int = 1024
+    max_new_tokens: int = 1024  # completion tokens per rollout
     # The student's sampling temperature, and the temperature of both policies in the KL term: the
     # teacher is always scored at the temperature the student samples at.
     temperature: float = 1.0
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling (1: off)
     top_k: int = 0  # 0: off
     old_logprobs: str = "recompute"  # recompute (training forward before the update) | behaviour (engine's)
     prompts_per_batch: int = 0  # hf engine: prompts sampled together (0: all of a rank's prompts of a step)
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = 0.3  # vllm: the engine's share of GPU memory
     vllm_max_model_len: int = 0  # 0: the model's
     save: bool = True  # write each step's rollouts to run.out/rollouts/ (replayable)
 
@@ -299,12 +304,12 @@ class RolloutConfig:
 @dataclasses.dataclass
 class RewardConfig:
     name: str = "exact_match"  # exact_match | token_f1 | string_match_all | string_match_part | judge | a label
-    weight: float = 1.0
+    weight: float = 1.0  # its weight in the summed reward (0: on-policy distillation only)
     callable: str | None = None  # dotted path to fn(completion, reference, row) -> float
-    judge_model: str = ""
-    judge_base_url: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_max_retries: int = 6
+    judge_model: str = ""  # judge: the served model name
+    judge_base_url: str | None = None  # judge: an OpenAI-compatible endpoint
+    judge_api_key_env: str = "OPENAI_API_KEY"  # judge: the variable holding the API key
+    judge_max_retries: int = 6  # judge: retries on 429, 5xx, connection errors and timeouts
 
 
 @dataclasses.dataclass
@@ -313,8 +318,8 @@ class RLDataConfig:
     short: list[DataSource] = dataclasses.field(default_factory=list)  # short prompts (regression guard)
     short_fraction: float = 0.1  # of prompt tokens, as the SFT mixture (0.1: the paper's 10/90)
     replay: str = ""  # parquet of stored rollouts (run.out/rollouts/*.parquet) to train on instead of sampling
-    max_prompt_len: int = 8192
-    seed: int = 0
+    max_prompt_len: int = 8192  # prompts longer than this many tokens are left out
+    seed: int = 0  # the prompt order's seed
 
     def __post_init__(self) -> None:
         _mixture("data", self.short_fraction)
@@ -322,8 +327,8 @@ class RLDataConfig:
 
 @dataclasses.dataclass
 class RLOptimConfig(OptimConfig):
-    lr: float = 1e-6
-    warmup_steps: int = 0
+    lr: float = 1e-6  # peak learning rate (AdamW)
+    warmup_steps: int = 0  # linear warmup steps
     policy_epochs: int = 1  # passes over each step's rollouts (>1: rho moves away from 1 and clipping acts)
     micro_batch_rollouts: int = 8  # rollouts packed into one forward/backward
 
@@ -373,6 +378,44 @@ class RLConfig:
             raise ConfigError("data.long is empty: give at least one [[data.long]] prompt source (or data.replay)")
 
 
+@dataclasses.dataclass
+class EvalConfig:
+    """`dgrpo-train eval`: RULER's 13 synthetic tasks and ours, generated offline at each length in
+    the model's own tokens, greedy decoding, scored as RULER scores them."""
+
+    model: str = ""  # a save_pretrained folder (e.g. run.out/final) or Hub id ({smollm2}: the prepared SmolLM2)
+    # ruler (RULER's 13: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt, cwe, fwe,
+    # qa_1, qa_2), extra (ours: short_arithmetic, short_recall, longblocks_qa), or a comma list of task names
+    tasks: str = "ruler,extra"
+    lengths: str = "4096,8192,16384"  # prompt lengths in the model's own tokens, comma-separated
+    samples: int = 20  # samples per task and length
+    engine: str = "hf"  # hf (transformers generate) | vllm
+    out: str = "runs/eval"  # writes results.json, samples.jsonl and scores.png here
+    seed: int = 0  # seeds every generated sample
+    # RULER's essay haystack (Paul Graham's essays): local:PATH to .txt/.md files or PaulGrahamEssays.json;
+    # "" or noise: the noise haystack (with a warning and a note in results.json)
+    haystack: str = ""
+    qa_source: str = ""  # RULER's QA data: squad=PATH (SQuAD v2 dev JSON, qa_1) and/or hotpotqa=PATH (HotpotQA, qa_2)
+    qa_data: str = ""  # parquet with document/question/answer (our shards): longblocks_qa, and qa_1/qa_2 without qa_source
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    trust_remote_code: bool = False  # run the model repository's own code (off unless asked)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("model is required: --model DIR (a save_pretrained folder, e.g. run.out/final) or a Hub id")
+        _choice("engine", self.engine, ("hf", "vllm"))
+        _choice("dtype", self.dtype, DTYPES)
+
+
+def data_path(path: str) -> Path:
+    """A local data source's path as read: a folder `longblocks publish` wrote (README.md + data/)
+    is its default config's data/ (not `working/`); anything else as given."""
+    folder = Path(path).expanduser()
+    if (folder / "README.md").is_file() and (folder / "data").is_dir():
+        return folder / "data"
+    return folder
+
+
 def looks_local(path: str) -> bool:
     """A path the user means as a local file or folder (not a Hub id such as org/name)."""
     return path.startswith((".", "/", "~")) or path.endswith(".parquet") or path.count("/") > 1 or Path(path).exists()
@@ -387,6 +430,15 @@ def check_paths(cfg: Any) -> None:
     if isinstance(cfg, RLConfig):
         models += [("teacher.path", cfg.teacher.path), ("objective.reference", cfg.objective.reference)]
     for where, path in models:
+        if path and "{smollm2}" in path:
+            from longblocks.errors import LongBlocksError
+            from longblocks.local_models import resolve_model
+
+            try:
+                resolve_model(path)
+            except LongBlocksError as exc:
+                raise ConfigError(f"{where} = {path!r}: {exc}") from None
+            continue
         if path and looks_local(path) and not Path(path).expanduser().exists():
             raise ConfigError(f"{where} = {path!r}: no such local folder (a Hub model id looks like org/name)")
     for section in ("long", "short"):
@@ -398,7 +450,7 @@ def check_paths(cfg: Any) -> None:
                 from longblocks.store import count_rows, input_files
 
                 try:
-                    count_rows(input_files(source.path))
+                    count_rows(input_files(data_path(source.path)))
                 except LongBlocksError as exc:
                     raise ConfigError(f"data.{section}[{i}]: {exc}") from None
     out = Path(cfg.run.out).expanduser()

@@ -13,19 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError, DataConfig, DataSource, looks_local
+from trainer.config import ConfigError, DataConfig, DataSource, data_path, looks_local
 
 IGNORE = -100
 
 
 def load_rows(source: DataSource) -> Any:
     """Random-access rows (`len`, `rows[i]`, `column_names`) of a longblocks stage directory (its
-    committed parts only: a killed stage's orphan parts are never read), a folder, file or glob of
-    parquet, or a Hub dataset id (through `datasets`, imported only then)."""
+    committed parts only: a killed stage's orphan parts are never read), a published folder (its
+    data/), a folder, file or glob of parquet, or a Hub dataset id (through `datasets`, imported only then)."""
     from longblocks.errors import LongBlocksError
     from longblocks.store import ParquetRows, input_files
 
-    path = Path(source.path)
+    path = data_path(source.path)
     if path.exists():
         try:
             return ParquetRows(input_files(path))

@@ -31,10 +31,21 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def model_path(path: str) -> str:
+    """A model path with `{smollm2}` replaced by the prepared offline SmolLM2-135M-Instruct."""
+    from longblocks.errors import LongBlocksError
+    from longblocks.local_models import resolve_model
+
+    try:
+        return resolve_model(path)
+    except LongBlocksError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
-    name = cfg.tokenizer or cfg.path
+    name = model_path(cfg.tokenizer or cfg.path)
     try:
         return AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as exc:  # transformers' "not a folder / not on the Hub / no tokenizer"
@@ -52,13 +63,28 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, *, master_weights: bo
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(model_path(cfg.path), **kwargs)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load model {cfg.path!r}: {_first_line(exc)}") from None
+    if cfg.keep_layers:
+        keep_first_layers(model, cfg.keep_layers)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     return model.to(device)
+
+
+def keep_first_layers(model: Any, layers: int) -> None:
+    """Cut a decoder to its first `layers` layers (embeddings, final norm and head kept): a smaller
+    student that shares the model's tokenizer; its config says so, so a saved copy reloads as it is."""
+    decoder = model.get_decoder()
+    total = len(decoder.layers)
+    if layers > total:
+        raise ConfigError(f"model.keep_layers = {layers}, but the model has {total} decoder layers")
+    decoder.layers = decoder.layers[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
 
 
 class FusedLogprobLM(nn.Module):

@@ -45,8 +45,10 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         else PromptData(cfg.data, run.tokenizer)
     engine = None if cfg.data.replay else make_engine(cfg, run)
     step = 0
-    if (last := checkpoint.latest(run.out / "checkpoints")) is not None:
-        state = checkpoint.load(last, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler)
+    if (resumed := checkpoint.resume(run.out / "checkpoints", model=run.model, optimizer=run.optimizer,
+                                     scheduler=run.scheduler,
+                                     log=console.print if run.rank == 0 else lambda line: None)) is not None:
+        last, state = resumed
         step = state["step"]
         source.load_state(state["data"])
         if engine is not None:

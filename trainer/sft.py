@@ -29,8 +29,9 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     data = SFTData(cfg.data, tokenizer)
     step = 0
     ckpt_root = out / "checkpoints"
-    if (last := checkpoint.latest(ckpt_root)) is not None:
-        state = checkpoint.load(last, model=model, optimizer=optimizer, scheduler=scheduler)
+    if (resumed := checkpoint.resume(ckpt_root, model=model, optimizer=optimizer, scheduler=scheduler,
+                                     log=console.print if rank == 0 else lambda line: None)) is not None:
+        last, state = resumed
         step = state["step"]
         data.state = MixtureState(**{**state["data"], "pending": tuple(state["data"]["pending"])
                                       if state["data"]["pending"] else None})

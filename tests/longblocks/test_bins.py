@@ -28,8 +28,8 @@ def corpus(root: Path) -> Path:
 def test_bin_quotas_count_selected_documents_per_bin(tmp_path: Path) -> None:
     docs = corpus(tmp_path / "docs")
     result = cli("longblocks", "sample", "--source", f"local:{docs}", "--out", str(tmp_path / "s"), "--languages", "en",
-                 "--bin-quota", "100-200=3,200-400=5,400-800=4", "--bins", BINS, "--min-tokens", "100",
-                 "--max-tokens", "800")
+                 "--bin-quotas", "100-200=3,200-400=5,400-800=4", "--select.bins", BINS, "--select.min-tokens", "100",
+                 "--select.max-tokens", "800")
     kept = pq.read_table(tmp_path / "s" / "data").to_pylist()
     select = SelectConfig(tokenizer="approx", min_tokens=100, max_tokens=800, bins=(100, 200, 400, 800))
     assert Counter(select.bin_of(d["n_tokens"]) for d in kept) == {"100-200": 3, "200-400": 5, "400-800": 2}
@@ -56,7 +56,7 @@ def test_pipeline_bin_quotas_and_the_card_table(tmp_path: Path) -> None:
 def test_bad_bin_quota_is_one_line(tmp_path: Path) -> None:
     docs = corpus(tmp_path / "docs")
     result = cli("longblocks", "sample", "--source", f"local:{docs}", "--out", str(tmp_path / "s"), "--languages",
-                 "en", "--bin-quota", "1k-2k=3", check=False)
+                 "en", "--bin-quotas", "1k-2k=3", check=False)
     assert result.returncode == 2 and "unknown bin" in result.stderr and "Traceback" not in result.stderr
 
 

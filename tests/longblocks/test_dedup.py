@@ -20,7 +20,9 @@ import pytest
 from dedup_corpus import planted_corpus
 from openai_double import _free_port
 from longblocks.manifest import stage_stats
-from longblocks.dedup import DedupConfig, band_pairs, dedup, jaccard, read_signatures, shingle_hashes
+from longblocks.config import DedupSection
+from longblocks.pipeline import run
+from longblocks.dedup import DedupConfig, band_pairs, jaccard, read_signatures, shingle_hashes
 from longblocks.text import normalize_text
 from longblocks.records import DOCUMENT_SCHEMA, make_document
 
@@ -37,7 +39,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[s
 @pytest.fixture(scope="module")
 def reference(corpus: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dedup") / "ref"
-    dedup(corpus[0], out, DedupConfig(), workers=1, part_size=40)
+    run("dedup", DedupSection(workers=1), [corpus[0]], out, part_size=40)
     return out
 
 
@@ -82,8 +84,8 @@ def test_clusters_table_and_report(reference: Path) -> None:
 
 
 def test_same_survivors_with_two_workers_and_across_runs(corpus: tuple[Path, list], reference: Path, tmp_path: Path) -> None:
-    dedup(corpus[0], tmp_path / "w2", DedupConfig(), workers=2, part_size=40)
-    dedup(corpus[0], tmp_path / "w1", DedupConfig(), workers=1, part_size=40)
+    run("dedup", DedupSection(workers=2), [corpus[0]], tmp_path / "w2", part_size=40)
+    run("dedup", DedupSection(workers=1), [corpus[0]], tmp_path / "w1", part_size=40)
     for out in (tmp_path / "w2", tmp_path / "w1"):
         assert outputs(out) == outputs(reference)
         assert (out / "clusters.parquet").read_bytes() == (reference / "clusters.parquet").read_bytes()
@@ -151,7 +153,7 @@ def test_code_shingling_keeps_punctuation(tmp_path: Path) -> None:
     docs = [make_document(source="x", language="python", text="x = f(a, b)\n" * 30),
             make_document(source="x", language="python", text="x = f(a, b) - 1\n" * 30)]
     pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), tmp_path / "in.parquet")
-    manifest = dedup(tmp_path / "in.parquet", tmp_path / "out", DedupConfig())
+    manifest = run("dedup", DedupSection(), [tmp_path / "in.parquet"], tmp_path / "out")
     assert manifest["outputs"]["kept"] == 2  # without punctuation these would be near-identical
 
 
@@ -171,7 +173,7 @@ def test_redis_lsh_storage_gives_the_same_survivors(corpus: tuple[Path, list], r
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        dedup(corpus[0], tmp_path / "redis", DedupConfig(), storage="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+        run("dedup", DedupSection(lsh_storage="redis", redis_url=f"redis://127.0.0.1:{port}/0"), [corpus[0]], tmp_path / "redis")
         assert outputs(tmp_path / "redis") == outputs(reference)
         assert client.dbsize() == 0  # the index is dropped afterwards
     finally:

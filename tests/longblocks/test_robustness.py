@@ -86,28 +86,36 @@ def test_two_concurrent_pipeline_runs_one_refused_one_complete(tmp_path: Path) -
     second = subprocess.run([exe, "run", str(pipeline)], capture_output=True, text=True)
     first.wait(timeout=120)
     assert first.returncode == 0, first.stderr.read()
-    if second.returncode != 0:  # it met the first run at one of the stages
-        one_line_error(second, "is being written by another run", f"pid {first.pid}")
+    # refused at once, by the run folder's lock, before it walks a stage or loads anything
+    one_line_error(second, str(tmp_path / "run"), "is being written by another run", f"pid {first.pid}")
     manifest = json.loads((tmp_path / "run" / "dedup" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["outputs"]["kept"] == 40
 
 
 def test_an_unreadable_file_in_a_local_folder_is_a_rejection_and_the_rest_is_sampled(tmp_path: Path) -> None:
+    """A damaged parquet file is one `unreadable` rejection naming it; a jsonl file is read a line at a
+    time: each bad line (a lone surrogate, not JSON, not UTF-8) is an `unreadable_line` rejection
+    naming the file and line, and the file's good lines are kept."""
     folder = tmp_path / "corpus"
-    good = documents(6, seed=1)
+    good = documents(8, seed=1)
     shard(folder / "good.parquet", [{**d, "id": d["id"]} for d in good[:3]])
-    (folder / "good.jsonl").write_text("".join(json.dumps({"text": d["text"]}) + "\n" for d in good[3:]))
+    (folder / "good.jsonl").write_text("".join(json.dumps({"text": d["text"]}) + "\n" for d in good[3:6]))
     truncated = shard(folder / "truncated.parquet", documents(20, seed=2))
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    (folder / "surrogate.jsonl").write_text(json.dumps({"text": good[0]["text"]}) + "\n" + '{"text": "a lone \\ud800"}\n')
+    (folder / "mixed.jsonl").write_bytes(
+        (json.dumps({"text": good[6]["text"]}) + "\n" + '{"text": "a lone \\ud800"}\n' + '{"text": "cut off\n').encode()
+        + b'{"text": "latin-1 \xe9t\xe9"}\n' + (json.dumps({"text": good[7]["text"]}) + "\n").encode())
     result = cli("longblocks", "sample", "--source", f"local:{folder}", "--out", str(tmp_path / "s"), check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     kept = {r["text"] for r in pq.read_table(tmp_path / "s" / "data").to_pylist()}
-    assert kept == {d["text"] for d in good}
+    assert kept == {d["text"] for d in good}, "the good lines of a file with bad ones are kept"
     rejected = pq.read_table(tmp_path / "s" / "rejected").to_pylist()
     unreadable = {Path(r["detail"].split(":")[0]).name: r["detail"] for r in rejected if r["reason"] == "unreadable"}
-    assert set(unreadable) == {"truncated.parquet", "surrogate.jsonl"}
-    assert "Parquet" in unreadable["truncated.parquet"] and "surrogate" in unreadable["surrogate.jsonl"]
+    assert set(unreadable) == {"truncated.parquet"} and "Parquet" in unreadable["truncated.parquet"]
+    lines = sorted(r["detail"] for r in rejected if r["reason"] == "unreadable_line")
+    assert [d.split(":")[1] for d in lines] == ["line 2", "line 3", "line 4"], lines
+    assert all(d.startswith(str(folder / "mixed.jsonl")) for d in lines)
+    assert "surrogate" in lines[0] and "not JSON" in lines[1] and "not UTF-8" in lines[2]
 
 
 def test_a_damaged_committed_part_or_manifest_is_one_line_naming_the_file(tmp_path: Path) -> None:
@@ -119,13 +127,14 @@ def test_a_damaged_committed_part_or_manifest_is_one_line_naming_the_file(tmp_pa
     intact = data.read_bytes()
     data.write_bytes(intact[:100])
     result = cli("longblocks", "dedup", str(out), str(tmp_path / "dedup"), check=False)
-    one_line_error(result, str(data), "cannot be read", "--overwrite")
+    one_line_error(result, str(data), "where 6", "were committed", f"longblocks repair {out}")
     assert not (tmp_path / "dedup").exists(), "nothing is created before the inputs are valid"
     data.write_bytes(intact)
     # a resumed stage reads a damaged consumed part
     consumed = out / "consumed" / "part-00000.parquet"
     consumed.write_bytes(b"")
-    one_line_error(cli("longblocks", "select", str(corpus), str(out), *SELECT, check=False), str(consumed), "--overwrite")
+    one_line_error(cli("longblocks", "select", str(corpus), str(out), *SELECT, check=False), str(consumed),
+                   f"longblocks repair {out}")
     # a damaged manifest
     (out / "manifest.json").write_text('{"stage": "select", "outp')
     one_line_error(cli("longblocks", "select", str(corpus), str(out), *SELECT, check=False),
@@ -168,3 +177,59 @@ def test_the_same_row_twice_is_recorded_not_dropped(tmp_path: Path) -> None:
     cli("longblocks", "select", str(tmp_path / "twice"), str(tmp_path / "sel"), *SELECT)
     rows = pq.read_table(tmp_path / "sel" / "rejected").to_pylist()
     assert [r["reason"] for r in rows] == ["duplicate_input"] and doc["id"] in rows[0]["detail"]
+
+
+def test_a_part_lost_after_it_was_committed_is_found_and_redone_alone(tmp_path: Path) -> None:
+    """The manifest keeps every committed part's rows, bytes and checksum: a part deleted or damaged
+    between runs is one line naming it and `longblocks repair`, for the next stage, for a rerun of
+    its own stage and for publish; repair drops just that part, and the rerun redoes its inputs."""
+    corpus = shard(tmp_path / "in" / "docs.parquet", documents(12))
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    cli("longblocks", "select", str(corpus), str(out), *SELECT)
+    cli("longblocks", "select", str(corpus), str(reference), *SELECT)
+    lost = out / "data" / "part-00001.parquet"
+    lost.unlink()
+    one_line_error(cli("longblocks", "dedup", str(out), str(tmp_path / "dedup"), check=False), str(lost), "is missing",
+                   "(3 rows)", f"longblocks repair {out}")
+    one_line_error(cli("longblocks", "select", str(corpus), str(out), *SELECT, check=False), str(lost), "is missing")
+    assert not (tmp_path / "dedup").exists()
+    repaired = cli("longblocks", "repair", str(out))
+    assert "1 repaired" in repaired.stderr and "part-00001" in repaired.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["consumed"] == 9 and manifest["status"] == "incomplete"
+    cli("longblocks", "select", str(corpus), str(out), *SELECT)  # redoes the 3 inputs of the dropped part only
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["consumed"] == 12 and [p["name"] for p in manifest["outputs"]["parts"]] == \
+        ["part-00000", "part-00002", "part-00003", "part-00004"]
+    assert sorted(pq.read_table(out / "data")["id"].to_pylist()) == sorted(pq.read_table(reference / "data")["id"].to_pylist())
+    assert "every committed part is intact" in cli("longblocks", "repair", str(out)).stderr
+
+
+def test_publish_refuses_a_stage_that_is_incomplete_or_not_as_committed(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent / "publish"))
+    from run_fixture import build_run
+
+    run_dir = build_run(tmp_path / "run", n_docs=12)
+    part = run_dir / "judge" / "data" / "part-00000.parquet"
+    intact = part.read_bytes()
+    part.write_bytes(intact[:-9] + bytes([intact[-9] ^ 1]) + intact[-8:])  # same size, one bit flipped
+    one_line_error(cli("longblocks", "publish", str(run_dir), str(tmp_path / "pub"), check=False), str(part),
+                   "does not match its committed checksum")
+    part.write_bytes(intact)
+    manifest_path = run_dir / "judge" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "status": "running"}))
+    one_line_error(cli("longblocks", "publish", str(run_dir), str(tmp_path / "pub"), check=False), "is incomplete")
+    manifest_path.write_text(json.dumps(manifest))
+    cli("longblocks", "publish", str(run_dir), str(tmp_path / "pub"))
+    assert pq.read_table(tmp_path / "pub" / "data").num_rows == manifest["outputs"]["kept"]
+
+
+def test_a_source_that_cannot_open_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`generate --source arxiv` without network: one line, exit 2, and no run folder, stage folder
+    or lock left (nothing was committed)."""
+    result = cli("longblocks", "-q", "generate", "--source", "arxiv", "--out", str(tmp_path / "a" / "run"), "--model", "m",
+                 "--base-url", "http://127.0.0.1:9/v1", check=False,
+                 env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    one_line_error(result, "common-pile/arxiv_papers")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))

@@ -10,7 +10,9 @@ import pytest
 from conftest import cli, random_text
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA, make_document
-from longblocks.select import SelectConfig, load_token_counter, select, select_batch
+from longblocks.config import SelectConfig
+from longblocks.pipeline import run
+from longblocks.select import load_token_counter, select_batch
 
 CFG = SelectConfig(tokenizer="approx", min_tokens=50, max_tokens=2000)
 
@@ -54,7 +56,7 @@ def test_kept_documents_carry_the_tokenizer_count(tiny_tokenizer_dir: Path, tmp_
     docs = [doc(random_text(rng, n)) for n in (40, 200, 400)]
     pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), tmp_path / "in.parquet")
     cfg = SelectConfig(tokenizer=str(tiny_tokenizer_dir), min_tokens=100, max_tokens=100_000)
-    manifest = select(tmp_path / "in.parquet", tmp_path / "out", cfg)
+    manifest = run("select", cfg, [tmp_path / "in.parquet"], tmp_path / "out")
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
@@ -77,7 +79,7 @@ def test_select_reads_a_stage_directory_only_through_committed_parts(tmp_path: P
     rng = random.Random(2)
     docs = [doc(random_text(rng, 100)) for _ in range(6)]
     pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), tmp_path / "in.parquet")
-    select(tmp_path / "in.parquet", tmp_path / "s1", CFG, part_size=2)
+    run("select", CFG, [tmp_path / "in.parquet"], tmp_path / "s1", part_size=2)
     (tmp_path / "s1" / "data" / "part-00099.parquet").write_bytes(b"orphan")  # not in the manifest
-    manifest = select(tmp_path / "s1", tmp_path / "s2", CFG)
+    manifest = run("select", CFG, [tmp_path / "s1"], tmp_path / "s2")
     assert manifest["inputs"]["consumed"] == 6

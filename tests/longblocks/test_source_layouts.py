@@ -16,7 +16,8 @@ import pytest
 
 from conftest import ROOT, random_text
 from longblocks.qa import generation_messages
-from longblocks.sample import sample
+from longblocks.config import SourceConfig
+from longblocks.pipeline import run
 from longblocks.sources import CODE_LANGUAGES, REGISTRY, resolve_source
 
 # LongBlocks' 19 natural languages
@@ -32,7 +33,7 @@ def test_institutional_books_three_letter_codes_fill_two_letter_quotas(tmp_path:
     (tmp_path / "hub" / "data").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hub" / "data" / "train-00000-of-00001.parquet")
     source = resolve_source("institutional-books", hub_id=str(tmp_path / "hub"), shuffle_buffer=8)
-    manifest = sample(source, tmp_path / "out", quotas={"en": 6, "de": 4, "fr": 3}, seed=0, part_size=5)
+    manifest = run("sample", SourceConfig(quotas={"en": 6, "de": 4, "fr": 3}, seed=0), [], tmp_path / "out", source=source, part_size=5)
     docs = pq.read_table(tmp_path / "out" / "data").to_pylist()
     assert Counter(d["language"] for d in docs) == {"en": 6, "de": 4, "fr": 3}
     assert manifest["inputs"]["consumed"] < len(rows)  # the stream stopped once the quotas were met
@@ -51,7 +52,7 @@ def test_gutenberg_languages_are_the_hub_splits_and_read_by_split(tmp_path: Path
     (tmp_path / "hub" / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
                                                 + "\n".join(splits) + "\n---\n")
     source = resolve_source("gutenberg", hub_id=str(tmp_path / "hub"), shuffle_buffer=4)
-    sample(source, tmp_path / "out", quotas={"sv": 3, "pl": 2}, seed=0)
+    run("sample", SourceConfig(quotas={"sv": 3, "pl": 2}, seed=0), [], tmp_path / "out", source=source)
     docs = pq.read_table(tmp_path / "out" / "data").to_pylist()
     assert Counter(d["language"] for d in docs) == {"sv": 3, "pl": 2}
     assert all(d["text"].startswith(f"[{d['language']}]") for d in docs)

@@ -14,7 +14,8 @@ import pytest
 from conftest import cli, random_text
 from longblocks.manifest import stage_stats
 from longblocks.errors import LongBlocksError
-from longblocks.sample import sample
+from longblocks.config import SourceConfig
+from longblocks.pipeline import run
 from longblocks.sources import resolve_source
 
 
@@ -48,9 +49,9 @@ def hub_like_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_hub_source_sampling_is_seeded_and_respects_quotas(hub_like_dataset: Path, tmp_path: Path) -> None:
     source = resolve_source("wikipedia", hub_id=str(hub_like_dataset), shuffle_buffer=16)
     quotas = {"en": 7, "de": 5}
-    a = sample(source, tmp_path / "a", quotas=quotas, seed=1, part_size=4)
-    b = sample(source, tmp_path / "b", quotas=quotas, seed=1, part_size=4)
-    c = sample(source, tmp_path / "c", quotas=quotas, seed=2, part_size=4)
+    a = run("sample", SourceConfig(quotas=quotas, seed=1), [], tmp_path / "a", source=source, part_size=4)
+    b = run("sample", SourceConfig(quotas=quotas, seed=1), [], tmp_path / "b", source=source, part_size=4)
+    c = run("sample", SourceConfig(quotas=quotas, seed=2), [], tmp_path / "c", source=source, part_size=4)
     docs_a, docs_b, docs_c = kept(tmp_path / "a"), kept(tmp_path / "b"), kept(tmp_path / "c")
     assert [d["id"] for d in docs_a] == [d["id"] for d in docs_b]
     assert [d["id"] for d in docs_a] != [d["id"] for d in docs_c]
@@ -70,7 +71,7 @@ def test_hub_source_unknown_language_and_missing_dataset_are_clear_errors(hub_li
 
 def test_hub_source_records_empty_rows(hub_like_dataset: Path, tmp_path: Path) -> None:
     source = resolve_source("wikipedia", hub_id=str(hub_like_dataset))
-    manifest = sample(source, tmp_path / "all", quotas={"fr": 1000}, seed=0)
+    manifest = run("sample", SourceConfig(quotas={"fr": 1000}, seed=0), [], tmp_path / "all", source=source)
     assert stage_stats(manifest).kept_by_language == {"fr": 29}
     assert manifest["rejected"] == {"empty": 1}
     assert "row fr-3" in rejected(tmp_path / "all")["empty"]
@@ -79,7 +80,7 @@ def test_hub_source_records_empty_rows(hub_like_dataset: Path, tmp_path: Path) -
 def test_sample_resumes_without_loss_or_duplicates(hub_like_dataset: Path, tmp_path: Path) -> None:
     source = resolve_source("wikipedia", hub_id=str(hub_like_dataset), shuffle_buffer=16)
     quotas = {"en": 20, "de": 10}
-    sample(source, tmp_path / "ref", quotas=quotas, seed=3, part_size=4)
+    run("sample", SourceConfig(quotas=quotas, seed=3), [], tmp_path / "ref", source=source, part_size=4)
     calls = 0
 
     def crash(phase: str, advance: int, total: int | None, **stats: int) -> None:
@@ -89,8 +90,8 @@ def test_sample_resumes_without_loss_or_duplicates(hub_like_dataset: Path, tmp_p
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sample(source, tmp_path / "out", quotas=quotas, seed=3, part_size=4, on_progress=crash)
-    sample(source, tmp_path / "out", quotas=quotas, seed=3, part_size=4)
+        run("sample", SourceConfig(quotas=quotas, seed=3), [], tmp_path / "out", source=source, part_size=4, progress=crash)
+    run("sample", SourceConfig(quotas=quotas, seed=3), [], tmp_path / "out", source=source, part_size=4)
     assert kept(tmp_path / "out") == kept(tmp_path / "ref")
 
 
@@ -114,7 +115,7 @@ def messy_folder(tmp_path: Path) -> Path:
 
 def test_local_folder_rejects_bad_files_with_reasons(messy_folder: Path, tmp_path: Path) -> None:
     source = resolve_source(f"local:{messy_folder}")
-    manifest = sample(source, tmp_path / "out", quotas=None, seed=0)
+    manifest = run("sample", SourceConfig(quotas=None, seed=0), [], tmp_path / "out", source=source)
     reasons = rejected(tmp_path / "out")
     assert manifest["rejected"] == {"binary": 1, "empty": 1, "not_utf8": 1, "too_large": 1}
     assert "blob.bin" in reasons["binary"] and "latin1.txt" in reasons["not_utf8"]
@@ -127,7 +128,7 @@ def test_local_folder_rejects_bad_files_with_reasons(messy_folder: Path, tmp_pat
 
 def test_local_folder_sampling_is_seeded_with_quotas(messy_folder: Path, tmp_path: Path) -> None:
     source = resolve_source(f"local:{messy_folder}", include=["*.md", "*.py"])
-    runs = [kept(tmp_path / str(s)) for s in (0, 0, 1) if sample(source, tmp_path / str(s), quotas={"en": 4, "python": 1}, seed=s, overwrite=True)]
+    runs = [kept(tmp_path / str(s)) for s in (0, 0, 1) if run("sample", SourceConfig(quotas={"en": 4, "python": 1}, seed=s), [], tmp_path / str(s), source=source, overwrite=True)]
     assert [d["id"] for d in runs[0]] == [d["id"] for d in runs[1]]
     assert [d["id"] for d in runs[0]] != [d["id"] for d in runs[2]]
     assert Counter(d["language"] for d in runs[0]) == {"en": 4, "python": 1}
@@ -138,7 +139,7 @@ def test_local_jsonl_rows_missing_text_are_rejected_and_missing_column_is_an_err
     rows = [{"id": i, "text": f"row {i} text", "language": "de"} for i in range(6)]
     rows[2]["text"] = None
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    manifest = sample(resolve_source(f"local:{data}"), tmp_path / "out", quotas=None, seed=0)
+    manifest = run("sample", SourceConfig(quotas=None, seed=0), [], tmp_path / "out", source=resolve_source(f"local:{data}"))
     assert stage_stats(manifest).kept_by_language == {"de": 5} and manifest["rejected"] == {"missing_text": 1}
 
     other = tmp_path / "other.jsonl"

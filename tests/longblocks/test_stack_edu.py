@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import random_text
-from longblocks.sample import sample
+from longblocks.config import SourceConfig
+from longblocks.pipeline import run
 from longblocks.sources import resolve_source
 
 boto3 = pytest.importorskip("boto3")
@@ -134,10 +135,10 @@ def test_stack_edu_contents_come_from_s3_with_a_retry_a_missing_blob_and_a_cache
     with FlakyProxy(s3, {flaky}) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
         source = resolve_source("stack-edu", hub_id=str(tmp_path / "hub"), shuffle_buffer=4, contents_concurrency=3)
-        manifest = sample(source, tmp_path / "out", quotas={"python": 10, "go": 10}, seed=0)
+        manifest = run("sample", SourceConfig(quotas={"python": 10, "go": 10}, seed=0), [], tmp_path / "out", source=source)
         first_gets = sum(proxy.gets.values())
         again = resolve_source("stack-edu", hub_id=str(tmp_path / "hub"), shuffle_buffer=4)
-        sample(again, tmp_path / "again", quotas={"python": 10, "go": 10}, seed=0)
+        run("sample", SourceConfig(quotas={"python": 10, "go": 10}, seed=0), [], tmp_path / "again", source=again)
         assert sum(proxy.gets.values()) == first_gets + 1  # cached blobs are not fetched again: only the missing one
     docs = pq.read_table(tmp_path / "out" / "data").to_pylist()
     assert sorted(d["text"] for d in docs) == sorted(blobs.values())
@@ -152,7 +153,7 @@ def test_stack_edu_contents_come_from_s3_with_a_retry_a_missing_blob_and_a_cache
     for blob_id, text in blobs.items():
         (tmp_path / "blobs" / f"{blob_id}.gz").write_bytes(gzip.compress(text.encode()))
     local = resolve_source("stack-edu", hub_id=str(tmp_path / "hub"), shuffle_buffer=4, contents=f"local:{tmp_path / 'blobs'}")
-    sample(local, tmp_path / "local", quotas={"python": 10, "go": 10}, seed=0)
+    run("sample", SourceConfig(quotas={"python": 10, "go": 10}, seed=0), [], tmp_path / "local", source=local)
     assert sorted(d["text"] for d in pq.read_table(tmp_path / "local" / "data").to_pylist()) == sorted(blobs.values())
 
 

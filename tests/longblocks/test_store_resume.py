@@ -19,7 +19,8 @@ import pytest
 from conftest import random_text
 from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA, make_document
-from longblocks.select import SelectConfig, select
+from longblocks.config import SelectConfig
+from longblocks.pipeline import run
 from longblocks.store import Outcome, StageWriter
 
 
@@ -111,7 +112,7 @@ def test_restart_with_other_parameters_is_refused(tmp_path: Path) -> None:
 def test_select_in_process_interrupt_then_resume(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", 300, seed=1)
     cfg = SelectConfig(tokenizer="approx", min_tokens=100, max_tokens=5000)
-    select(corpus, tmp_path / "ref", cfg, part_size=20)
+    run("select", cfg, [corpus], tmp_path / "ref", part_size=20)
     seen = 0
 
     def crash(phase: str, n: int, total: int | None, **stats: int) -> None:
@@ -122,6 +123,6 @@ def test_select_in_process_interrupt_then_resume(tmp_path: Path) -> None:
 
     small_batches = dataclasses.replace(cfg, batch_size=16)  # batching is not a parameter of the output
     with pytest.raises(KeyboardInterrupt):
-        select(corpus, tmp_path / "out", small_batches, part_size=20, on_progress=crash)
-    select(corpus, tmp_path / "out", small_batches, part_size=20)
+        run("select", small_batches, [corpus], tmp_path / "out", part_size=20, progress=crash)
+    run("select", small_batches, [corpus], tmp_path / "out", part_size=20)
     assert stage_files(tmp_path / "out") == stage_files(tmp_path / "ref")

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 import copy_task
 from openai_double import _free_port

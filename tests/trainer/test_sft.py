@@ -142,6 +142,28 @@ def test_killed_sft_resumes_with_identical_following_losses(tiny_model_dir: Path
     assert losses(tmp_path / "kill") == pytest.approx(losses(tmp_path / "ref"), rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.slow
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_and_says_so(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A killed run whose newest checkpoint was then damaged (a truncated DCP shard) resumes from the
+    complete one before it, says so in one line, and still ends with the uninterrupted run's losses;
+    the scheduler and RNG files load with weights_only=True."""
+    long = longblocks_parquet(tmp_path / "lb.parquet", 40)
+    ref_cfg = write_config(tmp_path / "ref.toml", tiny_model_dir, long, None, tmp_path / "ref")
+    cli("dgrpo-train", "sft", "--config", str(ref_cfg), timeout=600)
+    cfg = write_config(tmp_path / "kill.toml", tiny_model_dir, long, None, tmp_path / "kill")
+    cli_killed_at(tmp_path / "kill" / "checkpoints" / "step-8" / "COMPLETE", "dgrpo-train", "sft", "--config", str(cfg))
+    shard = next((tmp_path / "kill" / "checkpoints" / "step-8" / "dcp").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    result = cli("dgrpo-train", "sft", "--config", str(cfg), timeout=600, env={"COLUMNS": "400"})
+    said = " ".join(result.stderr.split())
+    assert "step-8 cannot be read" in said and "resuming from" in said and "step-4" in said, said
+    assert "Traceback" not in result.stderr
+    assert losses(tmp_path / "kill") == pytest.approx(losses(tmp_path / "ref"), rel=1e-6, abs=1e-7)
+    import torch
+
+    torch.load(tmp_path / "kill" / "checkpoints" / "step-12" / "rng-rank0.pt", weights_only=True)
+
+
 def test_config_errors_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(SFTConfig, None, ["--optim.lrr=1"])
@@ -176,8 +198,8 @@ def test_fsdp2_two_processes_match_one_process(tiny_model_dir: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("name", ["sft", "rl"])
-def test_the_shipped_configs_load_and_are_the_readmes(name: str) -> None:
-    """configs/sft.toml and configs/rl.toml load with every key checked, and the README shows them as they are."""
+def test_the_shipped_configs_load_and_are_the_docs(name: str) -> None:
+    """configs/sft.toml and configs/rl.toml load with every key checked, and docs/dgrpo-train.md shows them as they are."""
     import re
 
     from conftest import ROOT
@@ -186,5 +208,5 @@ def test_the_shipped_configs_load_and_are_the_readmes(name: str) -> None:
     path = ROOT / "configs" / f"{name}.toml"
     cfg = load_config({"sft": SFTConfig, "rl": RLConfig}[name], path)
     assert cfg.model.path and cfg.data.long
-    block = re.search(rf"```toml\n# configs/{name}\.toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    block = re.search(rf"```toml\n# configs/{name}\.toml\n(.*?)```", (ROOT / "docs" / "dgrpo-train.md").read_text(), re.S).group(1)
     assert path.read_text().split("\n", 1)[1] == block

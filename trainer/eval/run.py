@@ -18,28 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from trainer.config import ConfigError, ModelConfig, RolloutConfig
+from trainer.config import ConfigError, EvalConfig, ModelConfig, RolloutConfig
 from trainer.eval.tasks import (RULER_TASKS, SHORT, QASet, Sample, Task, essay_words, generate, longblocks_qa,
                                 qa_from_rows, read_hotpotqa, read_squad, ruler_tasks)
 from trainer.rewards import BUILTIN
 
 console = Console(stderr=True)
-
-
-@dataclass
-class EvalConfig:
-    model: str
-    tasks: str = "ruler,extra"  # ruler (RULER's 13), extra (ours), or a comma list of task names
-    lengths: str = "4096,8192,16384"
-    samples: int = 20  # per task and length
-    engine: str = "hf"
-    out: str = "runs/eval"
-    seed: int = 0
-    haystack: str = ""  # essay haystack of RULER's essay tasks: local:PATH; "" or noise: RULER's noise
-    qa_source: str = ""  # squad=PATH,hotpotqa=PATH (RULER's qa_1/qa_2 data files)
-    qa_data: str = ""  # parquet with document/question/answer (our shards, LongBlocks): longblocks_qa, qa fallback
-    dtype: str = "auto"
-    trust_remote_code: bool = False
 
 
 @dataclass

@@ -7,7 +7,8 @@ import random
 from pathlib import Path
 
 from conftest import random_text
-from longblocks.dedup import DedupConfig, dedup
+from longblocks.config import DedupSection
+from longblocks.pipeline import run
 from longblocks.manifest import llm_stats, to_json
 from longblocks.records import DOCUMENT_SCHEMA, make_document, qa_id, qa_schema
 from longblocks.store import Outcome, Rejection, StageWriter
@@ -26,7 +27,7 @@ def build_run(root: Path, n_docs: int = 40, pairs_per_doc: int = 3, seed: int = 
         sample.add(Outcome(doc["id"], kept=[doc]))
     sample.add(Outcome("bad", rejected=[Rejection("bad", "binary", "x.bin")]))
     sample.finish()
-    dedup(root / "sample", root / "dedup", DedupConfig())
+    run("dedup", DedupSection(), [root / "sample"], root / "dedup")
     gen = StageWriter(root / "generate", stage="generate", schema=qa_schema(MODELS), params={}, part_size=10)
     qas = []
     for doc in docs:

@@ -94,3 +94,56 @@ def test_a_push_cut_off_mid_upload_resumes_without_uploading_anything_twice(publ
     for path in published.rglob("*"):
         if path.is_file():
             assert (repo / path.relative_to(published)).read_bytes() == path.read_bytes()
+
+
+def test_a_bad_repo_id_is_one_line_before_any_request(published: Path) -> None:
+    """Checked by huggingface_hub's own validation before anything is listed or sent, a dry run
+    included (no "commit:" line first, no traceback)."""
+    for repo_id in ("../x", "org/x y", "a/b/c"):
+        for extra in ((), ("--dry-run",)):
+            result = cli("longblocks", "push", str(published), "--repo-id", repo_id, *extra, check=False,
+                         env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": TOKEN})
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+            assert repr(repo_id) in lines[0] and "commit" not in lines[0]
+
+
+def test_leftovers_of_a_killed_or_earlier_publish_are_never_uploaded(published: Path, tmp_path: Path) -> None:
+    """A killed publish's shard being written is hidden (and removed by the next publish); an earlier
+    publish's shards of another count are removed; a lock file is never listed."""
+    import shutil
+
+    folder = tmp_path / "pub"
+    shutil.copytree(published, folder)
+    (folder / "data" / ".train-00000-of-00009.tmp").write_bytes(b"half a shard")
+    (folder / "data" / "train-00008-of-00009.parquet").write_bytes(b"an earlier publish's shard")
+    files = [f for c in plan_commits(folder) for f in c.files]
+    assert not any(".tmp" in f for f in files)
+    publish(published.parent / "run", folder, repo_id="org/lb", max_shard_size="40KB")
+    assert sorted(p.name for p in (folder / "data").iterdir()) == sorted(p.name for p in (published / "data").iterdir())
+    assert not list(folder.rglob(".*")), "nothing hidden (a lock, a temporary shard) is left in the folder"
+
+
+def test_two_publishes_into_one_folder_one_refused(published: Path, tmp_path: Path) -> None:
+    """A second publish into a folder another one is writing is refused in one line (the folder's
+    lock), never interleaved: the folder ends as one publish wrote it."""
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "pub"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from longblocks.store import directory_lock\n"
+         "with directory_lock(Path(sys.argv[1]), lock=Path(sys.argv[2])):\n    print('locked', flush=True)\n"
+         "    time.sleep(60)", str(folder), str(tmp_path / ".pub.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = cli("longblocks", "publish", str(published.parent / "run"), str(folder), check=False)
+        assert result.returncode == 2 and "is being written by another run" in result.stderr
+        assert f"pid {holder.pid}" in result.stderr and not (folder / "data").exists()
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    del time

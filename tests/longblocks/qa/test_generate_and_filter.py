@@ -38,9 +38,9 @@ def corpus(root: Path, modes: list[str], words: int = 120) -> Path:
 
 
 def run_generate(src: Path, out: Path, server: ScriptedServer, *extra: str, env: dict | None = None):
-    return cli("longblocks", "generate", "--source", f"local:{src}", "--out", str(out), "--min-tokens", "10",
-               "--model", "scripted-gen", "--base-url", server.base_url, "--judge-model", "scripted-judge",
-               "--timeout", "1.5", "--max-retries", "2", "--concurrency", "4", "--max-new-tokens", "512",
+    return cli("longblocks", "generate", "--source", f"local:{src}", "--out", str(out), "--select.min-tokens", "10",
+               "--model", "scripted-gen", "--base-url", server.base_url, "--judge.model", "scripted-judge",
+               "--timeout", "1.5", "--max-retries", "2", "--concurrency", "4", "--max-tokens", "512",
                "--part-size", "3", *extra, env={"OPENAI_API_KEY": SECRET, **(env or {})})
 
 
@@ -135,7 +135,7 @@ def test_killed_generate_resumes_without_resending_finished_requests(tmp_path: P
         (src / f"{i:02d}.md").write_text(f"[[mode:good]] doc {i} " + random_text(rng, 80))
     server = ScriptedServer(delay=0.3)
     with server:
-        args = ["generate", "--source", f"local:{src}", "--out", str(tmp_path / "run"), "--min-tokens", "10",
+        args = ["generate", "--source", f"local:{src}", "--out", str(tmp_path / "run"), "--select.min-tokens", "10",
                 "--model", "m", "--base-url", server.base_url, "--concurrency", "2", "--part-size", "4"]
         proc = subprocess.Popen([str(Path(sys.executable).parent / "longblocks"), *args],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -215,11 +215,12 @@ def test_choice_checks_are_calibrated_against_the_content_free_pair() -> None:
 
 def test_choice_mode_needs_a_backend_that_scores_choices(tmp_path: Path) -> None:
     from longblocks.errors import LongBlocksError
-    from longblocks.judge import judge_qa
+    from longblocks.config import JudgeSection
+    from longblocks.pipeline import run
 
     backend = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
     with pytest.raises(LongBlocksError, match='mode "choice" needs a backend that scores choices'):
-        judge_qa(tmp_path / "in", tmp_path / "out", backend, mode="choice")
+        run("judge", JudgeSection(mode="choice"), [tmp_path / "in"], tmp_path / "out", backend=backend)
 
 
 def test_the_format_placeholders_copied_back_are_rejected() -> None:
@@ -237,3 +238,26 @@ def test_rule_failures_no_judge_should_pass() -> None:
     assert rule_failure("How to create a list?", "The answer to this question is:")[0] == "incomplete"
     assert rule_failure("What does os.path.join do?", "It joins path parts with the separator: / or \\\\.") is None
     assert rule_failure("Which two steps?", "There are two steps: first X, then Y.") is None
+
+
+def test_a_damaged_request_cache_is_one_line_and_repair_sets_it_aside(tmp_path: Path) -> None:
+    src = corpus(tmp_path / "docs", ["good"] * 6)
+    server = ScriptedServer()
+    args = ["generate", "--source", f"local:{src}", "--out", str(tmp_path / "run"), "--select.min-tokens", "10",
+            "--model", "m", "--base-url", server.base_url, "--part-size", "2"]
+    with server:
+        cli("longblocks", *args)
+        cache = tmp_path / "run" / "generate.requests.sqlite"
+        for suffix in ("-wal", "-shm"):
+            Path(f"{cache}{suffix}").unlink(missing_ok=True)
+        cache.write_bytes(b"this is not an sqlite database" * 100)
+        result = cli("longblocks", *args, check=False)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert str(cache) in lines[-1] and "not a readable request cache" in lines[-1]
+        assert f"longblocks repair {tmp_path / 'run' / 'generate'}" in lines[-1]
+        repaired = cli("longblocks", "repair", str(tmp_path / "run" / "generate"))
+        assert "set aside" in repaired.stderr and Path(f"{cache}.damaged").exists()
+        sent = sum(server.requests.values())
+        cli("longblocks", *args)  # committed parts are kept: nothing is sent again
+        assert sum(server.requests.values()) == sent

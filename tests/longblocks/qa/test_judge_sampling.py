@@ -1,5 +1,5 @@
 """The judge is one stage with one sampling: `longblocks filter` (and its alias `judge`), the
-`[judge]` section of `longblocks run` and `longblocks generate --judge-model` send the same sampling
+`[judge]` section of `longblocks run` and `longblocks generate --judge.model` send the same sampling
 parameters and record the same ones in their manifests (over real HTTP to the scripted test-double
 server); `[filter]` is the same section as `[judge]`."""
 
@@ -26,9 +26,9 @@ def test_judge_samples_the_same_in_every_command(tmp_path: Path) -> None:
     with ScriptedServer() as server:
         url = server.base_url
         # generate: the generator's own sampling flags differ from the judge's defaults on purpose
-        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(tmp_path / "gen"), "--min-tokens", "10",
+        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(tmp_path / "gen"), "--select.min-tokens", "10",
             "--model", "scripted-gen", "--base-url", url, "--temperature", "0.2", "--top-p", "0.5",
-            "--max-new-tokens", "300", "--judge-model", "scripted-judge")
+            "--max-tokens", "300", "--judge.model", "scripted-judge")
         cli("longblocks", "filter", str(tmp_path / "gen" / "generate"), str(tmp_path / "alone"), "--model",
             "scripted-judge", "--base-url", url)
         pipeline = tmp_path / "pipeline.toml"

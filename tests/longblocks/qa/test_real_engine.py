@@ -79,9 +79,9 @@ def test_generate_and_filter_with_smollm2_over_transformers_serve(served, tmp_pa
     url, model = served
     docs = real_documents(tmp_path / "docs")
     out = tmp_path / "run"
-    common = ["--base-url", url, "--max-new-tokens", "160", "--concurrency", "2", "--timeout", "300", "--max-retries", "1"]
-    result = cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(out), "--min-tokens", "50",
-                 "--model", model, "--n-questions", "2", "--judge-model", model, "--judge-max-new-tokens", "160", *common, timeout=900)
+    common = ["--base-url", url, "--max-tokens", "160", "--concurrency", "2", "--timeout", "300", "--max-retries", "1"]
+    result = cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(out), "--select.min-tokens", "50",
+                 "--model", model, "--n-questions", "2", "--judge.model", model, "--judge.max-tokens", "160", *common, timeout=900)
     assert "Traceback" not in result.stderr
     gen = json.loads((out / "generate" / "manifest.json").read_text())
     assert gen["status"] == "complete" and gen["inputs"]["consumed"] == 3
@@ -107,8 +107,8 @@ def test_in_process_vllm_backend(smollm2: Path, tmp_path: Path) -> None:
     script = tmp_path / "run_vllm.py"
     script.write_text(textwrap.dedent(f"""
         from longblocks.backends import Sampling, VLLMBackend
-        from longblocks.qa import GenerateConfig, generate_qa
-        from longblocks.sample import sample
+        from longblocks.config import GenerateSection, SourceConfig
+        from longblocks.pipeline import run
         from longblocks.sources import resolve_source
         from longblocks.text import split_reasoning
         if __name__ == "__main__":
@@ -118,9 +118,9 @@ def test_in_process_vllm_backend(smollm2: Path, tmp_path: Path) -> None:
             ours = [c.text for _, c in backend.map_ordered(chats, lambda m: m)]
             theirs = [split_reasoning(o.outputs[0].text)[0] for o in backend.llm.chat(chats, backend.params, use_tqdm=False)]
             print("SAME AS LLM.chat", ours == theirs, sum(bool(t) for t in ours))
-            sample(resolve_source("local:{docs}"), "{tmp_path}/docs_stage", quotas=None)
+            run("sample", SourceConfig(), [], "{tmp_path}/docs_stage", source=resolve_source("local:{docs}"))
             backend.batch_size = 2
-            m = generate_qa("{tmp_path}/docs_stage", "{tmp_path}/gen", GenerateConfig(n_questions=2), backend)
+            m = run("generate", GenerateSection(n_questions=2), ["{tmp_path}/docs_stage"], "{tmp_path}/gen", backend=backend)
             print("CONSUMED", m["inputs"]["consumed"])
     """))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}

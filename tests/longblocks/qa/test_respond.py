@@ -82,10 +82,10 @@ def test_failed_responses_are_recorded_and_the_row_is_kept(tmp_path: Path) -> No
     docs = corpus(tmp_path / "docs", 3, modes=("good", "truncated"))
     with ScriptedServer() as server:
         gen = tmp_path / "run"
-        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(gen), "--min-tokens", "10",
+        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(gen), "--select.min-tokens", "10",
             "--model", "scripted-gen", "--base-url", server.base_url)
         cli("longblocks", "respond", str(gen / "generate"), str(tmp_path / "resp"),
-            "--responder", f"{NAMES[1]}=served@{server.base_url}")
+            "--responders", f'{{name="{NAMES[1]}", model="served", base_url="{server.base_url}"}}')
     rows = pq.read_table(tmp_path / "resp" / "data").to_pylist()
     rejected = pq.read_table(tmp_path / "resp" / "rejected").to_pylist()
     assert len(rows) == pq.read_table(gen / "generate" / "data").num_rows
@@ -98,11 +98,11 @@ def test_killed_respond_resends_nothing_that_completed(tmp_path: Path) -> None:
     docs = corpus(tmp_path / "docs", 12)
     with ScriptedServer() as server:
         gen = tmp_path / "run"
-        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(gen), "--min-tokens", "10",
+        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(gen), "--select.min-tokens", "10",
             "--model", "scripted-gen", "--base-url", server.base_url)
         server.delay = 0.05
         args = ("longblocks", "respond", str(gen / "generate"), str(tmp_path / "resp"), "--part-size", "3",
-                "--concurrency", "2", "--responder", f"{NAMES[1]}=served@{server.base_url}")
+                "--responders", f'{{name="{NAMES[1]}", model="served", base_url="{server.base_url}", concurrency=2}}')
         before = len(server.prompts)
         cli_killed_at(tmp_path / "resp" / "consumed" / "part-00001.parquet", *args)
         first = server.prompts[before:]

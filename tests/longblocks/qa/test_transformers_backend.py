@@ -14,9 +14,8 @@ import pytest
 
 from conftest import random_text
 from longblocks.backends import RequestCache, Sampling
-from longblocks.config import GenerateConfig
-from longblocks.qa import generate_qa
-from longblocks.sample import sample
+from longblocks.config import GenerateSection, SourceConfig
+from longblocks.pipeline import run
 from longblocks.sources import resolve_source
 from longblocks.transformers_backend import TransformersBackend
 
@@ -30,7 +29,7 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "docs").mkdir()
     for i in range(4):
         (root / "docs" / f"{i}.md").write_text(f"Report {i}. " + random_text(rng, 120))
-    sample(resolve_source(f"local:{root / 'docs'}"), root / "stage", quotas=None)
+    run("sample", SourceConfig(quotas=None), [], root / "stage", source=resolve_source(f"local:{root / 'docs'}"))
     return root / "stage"
 
 
@@ -50,9 +49,9 @@ def accounted(out: Path) -> None:
 
 
 def test_generate_with_transformers_then_the_cache(smollm2: Path, documents: Path, tmp_path: Path) -> None:
-    cfg = GenerateConfig(n_questions=1)
+    cfg = GenerateSection(n_questions=1)
     first = backend(smollm2, tmp_path / "cache.sqlite")
-    generate_qa(documents, tmp_path / "a", cfg, first)
+    run("generate", cfg, [documents], tmp_path / "a", backend=first)
     first.close()
     accounted(tmp_path / "a")
     assert first.stats.sent == 4 and first.stats.cached == 0
@@ -61,14 +60,14 @@ def test_generate_with_transformers_then_the_cache(smollm2: Path, documents: Pat
     assert reasons <= {"truncated", "no_pairs", "empty_completion", "unanswered_question", "empty_answer",
                        "empty_question", "not_self_contained", "duplicate_question"}
     again = backend(smollm2, tmp_path / "cache.sqlite")
-    generate_qa(documents, tmp_path / "b", cfg, again)
+    run("generate", cfg, [documents], tmp_path / "b", backend=again)
     again.close()
     assert again.stats.sent == 0 and again.stats.cached == 4
     assert pq.read_table(tmp_path / "a" / "data").to_pylist() == pq.read_table(tmp_path / "b" / "data").to_pylist()
 
 
 def test_killed_generate_resumes_without_generating_again(smollm2: Path, documents: Path, tmp_path: Path) -> None:
-    cfg = GenerateConfig(n_questions=1)
+    cfg = GenerateSection(n_questions=1)
     calls = 0
 
     def crash(phase: str, advance: int, total: int | None, **stats: int) -> None:
@@ -79,13 +78,13 @@ def test_killed_generate_resumes_without_generating_again(smollm2: Path, documen
 
     killed = backend(smollm2, tmp_path / "cache.sqlite")
     with pytest.raises(KeyboardInterrupt):
-        generate_qa(documents, tmp_path / "run", cfg, killed, part_size=1, on_progress=crash)
+        run("generate", cfg, [documents], tmp_path / "run", backend=killed, part_size=1, progress=crash)
     killed.close()
     with sqlite3.connect(tmp_path / "cache.sqlite") as db:
         cached = db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
     assert cached == 2  # the first batch completed, one of its documents committed
     resumed = backend(smollm2, tmp_path / "cache.sqlite")
-    generate_qa(documents, tmp_path / "run", cfg, resumed, part_size=1)
+    run("generate", cfg, [documents], tmp_path / "run", backend=resumed, part_size=1)
     resumed.close()
     assert resumed.stats.sent == 4 - cached  # nothing that completed is generated again
     accounted(tmp_path / "run")
