@@ -127,6 +127,7 @@ class OpenAIBackend:
             else:
                 completion = chat_completion(answer)
                 if isinstance(completion, Completion):
+                    self.stats.tokens += completion.completion_tokens or 0
                     return completion
                 last_error = completion
             if attempt < self.max_retries:
@@ -256,6 +257,7 @@ class _EngineSteps:
         self.backend, self.engine = backend, backend.llm.llm_engine
         self.tokenizer = backend.llm.get_tokenizer()
         self.running: dict[str, int] = {}
+        self.generated: dict[str, int] = {}  # tokens so far per running request (outputs are cumulative)
         self.refused: list[tuple[int, Completion]] = []
         self.tag = f"lb{id(self):x}"  # ids unique to this map: the engine may be shared
 
@@ -281,8 +283,12 @@ class _EngineSteps:
                 raise LongBlocksError(f"the vLLM engine holds none of the {len(self.running)} requests this stage "
                                       "started and is waiting on (aborted elsewhere?); run the stage again to resume")
             for output in outputs:
+                grown = len(output.outputs[0].token_ids) if output.outputs else 0  # cumulative per request
+                self.backend.stats.tokens += grown - self.generated.get(output.request_id, 0)
+                self.generated[output.request_id] = grown
                 if not output.finished:
                     continue
+                self.generated.pop(output.request_id, None)
                 index = self.running.pop(output.request_id)
                 self.backend.stats.in_flight -= 1
                 out = output.outputs[0]

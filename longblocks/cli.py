@@ -75,7 +75,7 @@ def stage_command(spec: StageCommand) -> click.Command:
         sections = {s: build(SECTIONS[s], data.get(s, {}), f"{where}[{s}]", LongBlocksError) for s, _, _ in spec.uses}
         spec.run(sections, [Path(p) for p in ([paths] if isinstance(paths, str) else paths or ())], flags)
 
-    arguments = [click.Argument(["paths"], nargs=1 if len(spec.paths) == 1 else -1,
+    arguments = [click.Argument(["paths"], nargs=1 if spec.paths[-1][0] == "OUT" and len(spec.paths) == 1 else -1,
                                 required=not spec.name == "generate",
                                 metavar=" ".join(m for m, _ in spec.paths))] if spec.paths else []
     text = (f"{spec.help}\n\nEvery key below is also read from the --config file's sections (a pipeline file); a "

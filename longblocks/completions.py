@@ -11,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,10 +121,28 @@ class RequestCache:
 
 @dataclass
 class BackendStats:
+    """Counters a backend keeps as it works; `live()` is what progress shows, so a long batch tells
+    slow from stuck: requests finished and tokens generated rise while it runs."""
+
     sent: int = 0
     cached: int = 0
     failed: int = 0
     in_flight: int = 0
+    finished: int = 0  # requests answered by the engine (not the cache), failures included
+    tokens: int = 0  # completion tokens generated, counted as the engine reports them
+    started: float = field(default_factory=time.monotonic)
+
+    def live(self) -> dict[str, Any]:
+        return live_status([self])
+
+
+def live_status(stats: Iterable[BackendStats]) -> dict[str, Any]:
+    """Progress fields of one or more backends (a stage's responders add up)."""
+    stats = list(stats)
+    elapsed = max(time.monotonic() - min(s.started for s in stats), 1e-9)
+    tokens = sum(s.tokens for s in stats)
+    return {"in_flight": sum(s.in_flight for s in stats), "finished": sum(s.finished for s in stats),
+            "cached": sum(s.cached for s in stats), "tokens": tokens, "tok_per_s": round(tokens / elapsed, 1)}
 
 
 class Requests(Protocol):
@@ -184,6 +203,7 @@ def in_completion_order(
                 continue
             for index, completion in requests.finished():
                 item, key = running.pop(index)
+                stats.finished += 1
                 cache.put(key, completion)
                 answer = len(completion.text) + len(completion.reasoning)
                 sizes[index] += answer

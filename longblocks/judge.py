@@ -257,8 +257,8 @@ class JudgeStage(Stage):
         for group, completion, verdicts in judged:
             yield from judge_outcomes(group, completion, local_span_window=self.local_span_window, verdicts=verdicts)
 
-    def status(self) -> dict[str, int]:
-        return {"in_flight": self.backend.stats.in_flight}
+    def status(self) -> dict[str, Any]:
+        return self.backend.stats.live()
 
     def stats(self, out_dir: Path) -> LLMStats:
         return llm_stats(self.backend.describe(), **self.settings)

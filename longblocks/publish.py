@@ -19,7 +19,7 @@ from longblocks.records import PROVENANCE_COLUMNS, published_column_names, respo
 from longblocks.sources import CODE_LANGUAGES, REGISTRY
 from longblocks.config import STAGES
 from longblocks.manifest import MANIFEST, LLMStats, SampleStats, read_manifest, stage_stats
-from longblocks.store import DATA_DIR, check_output_dir, check_parts, count_rows, directory_lock, input_files, read_batches
+from longblocks.store import DATA_DIR, REJECTED_DIR, check_output_dir, check_parts, count_rows, directory_lock, input_files, read_batches
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -104,6 +104,21 @@ def write_shards(files: list[Path], out: Path, columns: list[str], *, max_shard_
     for p in paths:
         os.replace(_tmp(p), p)
     return paths, total_bytes
+
+
+def _empty_responses(stage_dir: Path, columns: list[str], empty: Counter[str]) -> list[dict[str, Any]]:
+    """Each response column with empty rows, and why: the respond stage's rejections of that column
+    by reason (a truncated, failed or empty answer is recorded there, its row kept)."""
+    reasons: dict[str, Counter[str]] = {c: Counter() for c in columns}
+    rejected = stage_dir / REJECTED_DIR
+    if rejected.is_dir() and any(rejected.glob("*.parquet")):
+        for row in pq.read_table(rejected, columns=["reason", "detail"]).to_pylist():
+            column = row["detail"].split(" ")[1].rstrip(":") if " " in row["detail"] else ""
+            if column in reasons:
+                reasons[column][row["reason"]] += 1
+    return [{"column": c, "empty": empty[c],
+             "reasons": ", ".join(f"{r.removeprefix('response_').replace('_', ' ')} {n}" for r, n in reasons[c].most_common())}
+            for c in columns if empty[c]]
 
 
 def _tmp(path: Path) -> Path:
@@ -213,11 +228,15 @@ def _publish(run_dir: Path, stage_dir: Path, files: list[Path], out: Path, *, re
 
     stats: dict[str, Counter[str]] = {"source": Counter(), "language": Counter(), "question_type": Counter()}
     doc_ids = set()
+    answers = response_columns(columns)
+    empty: Counter[str] = Counter()
     for path in files:
-        table = pq.read_table(path, columns=["source", "language", "question_type", "doc_id"])
+        table = pq.read_table(path, columns=["source", "language", "question_type", "doc_id", *answers])
         for key in stats:
             stats[key].update(table[key].to_pylist())
         doc_ids.update(table["doc_id"].to_pylist())
+        for column in answers:
+            empty[column] += sum(1 for value in table[column].to_pylist() if not value)
     n_rows = sum(stats["source"].values())
     manifests = {s.name: read_manifest(run_dir / s.name) for s in STAGES if (run_dir / s.name / MANIFEST).exists()}
     typed = {s: stage_stats(m) for s, m in manifests.items()}
@@ -248,7 +267,8 @@ def _publish(run_dir: Path, stage_dir: Path, files: list[Path], out: Path, *, re
         n_documents=len(doc_ids), sources=sources, languages=stats["language"].most_common(),
         question_types=stats["question_type"].most_common(), stages=stages,
         dedup=typed.get("dedup"), generation=_flat(typed.get("generate")), judge=_flat(typed.get("judge")),
-        license_text=license_text, response_columns=response_columns(columns),
+        license_text=license_text, response_columns=answers,
+        empty_responses=_empty_responses(stage_dir, answers, empty),
         length_bins=[(k, n, sample.unmet.get(k, 0)) for k, n in sample.kept_by_quota.items() if "/" in k],
         versions=final.get("versions", {"longblocks": "?"}),
     )

@@ -186,8 +186,8 @@ class GenerateStage(Stage):
             yield completion_outcome(doc, completion, question_type=question_type_for(doc["id"], self.question_types),
                                      generator=self.backend.model)
 
-    def status(self) -> dict[str, int]:
-        return {"in_flight": self.backend.stats.in_flight, "cached": self.backend.stats.cached}
+    def status(self) -> dict[str, Any]:
+        return self.backend.stats.live()
 
     def stats(self, out_dir: Path) -> LLMStats:
         return llm_stats(self.backend.describe(), **self.settings)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from longblocks.backends import Backend, Completion, Messages, build_backend
+from longblocks.completions import live_status
 from longblocks.config import RespondSection
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import RespondStats, llm_stats
@@ -94,8 +95,8 @@ class RespondStage(Stage):
         for record, answers in stream:
             yield response_outcome(record, answers)
 
-    def status(self) -> dict[str, int]:
-        return {"in_flight": sum(b.stats.in_flight for b in self.responders.values())}
+    def status(self) -> dict[str, Any]:
+        return live_status(b.stats for b in self.responders.values())
 
     def stats(self, out_dir: Path) -> RespondStats:
         return RespondStats({name: llm_stats(backend.describe(), column=response_column(name),

@@ -523,7 +523,8 @@ class Stage:
     def stats(self, out_dir: Path) -> StageStats:
         return None
 
-    def status(self) -> dict[str, int]:
+    def status(self) -> dict[str, Any]:
+        """Live progress fields (read from another thread every second while the stage runs)."""
         return {}
 
     def close(self) -> None:
@@ -561,6 +562,30 @@ def _unconsumed(records: Iterable[dict[str, Any]], writer: StageWriter, group_by
 
 
 LOCK = ".lock"
+
+
+@contextmanager
+def ticking(tick: Callable[[], None], every: float = 1.0) -> Iterator[None]:
+    """Call `tick` every `every` seconds from a daemon thread while the block runs (live counters of
+    a stage whose outcomes come a batch at a time)."""
+    import threading
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                tick()
+            except Exception:  # noqa: BLE001 - progress must never end a stage
+                pass
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -628,10 +653,11 @@ def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *
                                  rejection_schema=stage.rejection_schema)
             kept, rejected = writer.manifest["outputs"]["kept"], writer.rejected_count
             progress(stage.name, stage.done(writer.manifest), total, resumed=1, kept=kept, rejected=rejected)
-            for outcome in stage.process(stage.items(files, writer), writer):
-                writer.add(outcome)
-                kept, rejected = kept + len(outcome.kept), rejected + len(outcome.rejected)
-                progress(stage.name, stage.advance(outcome), None, kept=kept, rejected=rejected, **stage.status())
+            with ticking(lambda: progress(stage.name, 0, None, **stage.status())):  # moves while a batch runs
+                for outcome in stage.process(stage.items(files, writer), writer):
+                    writer.add(outcome)
+                    kept, rejected = kept + len(outcome.kept), rejected + len(outcome.rejected)
+                    progress(stage.name, stage.advance(outcome), None, kept=kept, rejected=rejected, **stage.status())
             stats = to_json(stage.stats(Path(out_dir)))
             manifest = writer.finish(units=list(stage.units), **({"stats": stats} if stats is not None else {}))
     except BaseException:

@@ -98,6 +98,7 @@ class TransformersBackend(BatchedBackend):
             positions = (len(head) + torch.arange(width, device=self.device)).expand(len(group), -1)
             logits = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                              use_cache=cache is not None).logits.float()
+        self.stats.finished += len(group)  # a document's checks at a time: progress moves inside a window
         last = logits[torch.arange(len(group)), torch.tensor([len(t) - 1 for t in tails])].log_softmax(-1)
         scores = torch.stack([torch.logsumexp(last[:, self._first_tokens(c)], -1) for c in choices], -1)
         return [dict(zip(choices, row)) for row in scores.softmax(-1).tolist()]
@@ -110,7 +111,7 @@ class TransformersBackend(BatchedBackend):
         if not batch:
             return []
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StoppingCriteriaList
 
         prompts = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -137,14 +138,17 @@ class TransformersBackend(BatchedBackend):
         try:
             with torch.no_grad():  # a fresh GenerationConfig: the model's own defaults never apply silently
                 config = GenerationConfig(**options, eos_token_id=sorted(self._eos), bos_token_id=None)
-                generated = self.lm.generate(**encoded, generation_config=config)
+                generated = self.lm.generate(**encoded, generation_config=config,
+                                             stopping_criteria=StoppingCriteriaList([TokenCounter(self.stats, self._eos)]))
         except (RuntimeError, ValueError) as exc:  # out of memory, a bad prompt: recorded, not raised
             self.stats.failed += len(fits)
+            self.stats.finished += len(fits)
             for i in fits:
                 out[i] = Completion(error=f"{type(exc).__name__}: {str(exc)[:200]}")
             return out
         finally:
             self.stats.in_flight = 0
+        self.stats.finished += len(fits)
         eos = self._eos
         for row, i in enumerate(fits):
             new = generated[row, encoded["input_ids"].shape[1]:].tolist()
@@ -155,6 +159,25 @@ class TransformersBackend(BatchedBackend):
                                 prompt_tokens=lengths[i], completion_tokens=len(tokens))
         return out
 
+
+
+class TokenCounter:
+    """A stopping criterion that never stops: called after each decode step, it counts the tokens
+    the rows still generating produced, so progress moves while one `generate` call runs."""
+
+    def __init__(self, stats: BackendStats, eos: set[int]) -> None:
+        self.stats, self.eos, self.done = stats, eos, None
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        last = input_ids[:, -1]
+        ended = torch.isin(last, torch.tensor(sorted(self.eos), device=last.device)) if self.eos else \
+            torch.zeros_like(last, dtype=torch.bool)
+        running = ~self.done if self.done is not None else torch.ones_like(ended)
+        self.stats.tokens += int(running.sum())
+        self.done = ended if self.done is None else self.done | ended
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def model_size(model: Any) -> str:

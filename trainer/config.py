@@ -208,9 +208,9 @@ class ObjectiveConfig:
                               "in the advantage: it needs estimator = 'k1' and combine = 'advantage'")
         if self.horizon < 0 or self.horizon_final < 0 or self.horizon_steps < 0:
             raise ConfigError("objective.horizon, horizon_final and horizon_steps must be >= 0")
-        if self.horizon_steps and not (0 < self.horizon and self.horizon_final >= self.horizon):
+        if self.horizon_steps and not (0 < self.horizon and 0 < self.horizon_final):
             raise ConfigError("objective.horizon_steps > 0 (POPD) grows the horizon from horizon > 0 up to "
-                              "horizon_final >= horizon")
+                              "horizon_final > 0 (compared in tokens, with rollout.max_new_tokens)")
         if not 0 < self.jsd_beta < 1:
             raise ConfigError("objective.jsd_beta must be in (0, 1); 0 and 1 are direction = 'forward' / 'reverse'")
         _choice("objective.token_select", self.token_select, TOKEN_SELECTS)
@@ -239,6 +239,24 @@ class ObjectiveConfig:
             raise ConfigError(
                 f"objective: estimator={self.estimator}, combine={self.combine}, direction={self.direction} does not "
                 f"follow the gradient of that KL; valid: {TEACHER_TERMS_HELP}")
+
+
+    def horizon_at(self, step: int, max_new_tokens: int) -> int | None:
+        """TOPD/POPD's h(step) in completion tokens (None: the whole rollout; `step` counts from 1):
+        h <= 1 is a fraction of max_new_tokens, h > 1 a token count, growing linearly from horizon to
+        horizon_final over horizon_steps."""
+        if self.horizon == 0:
+            return None
+
+        def tokens(h: float) -> int:
+            return max(1, round(h * max_new_tokens) if h <= 1 else int(h))
+
+        start = tokens(self.horizon)
+        if not self.horizon_steps:
+            return min(start, max_new_tokens)
+        final = tokens(self.horizon_final)
+        grown = start + (final - start) * min(1.0, (step - 1) / self.horizon_steps)
+        return min(int(round(grown)), max_new_tokens)
 
 
 @dataclasses.dataclass
@@ -350,6 +368,14 @@ class RLConfig:
         obj, teacher, rollout = self.objective, self.teacher, self.rollout
         if rollout.temperature <= 0:
             raise ConfigError("rollout.temperature must be > 0 for RL (the policy samples; 0 is greedy decoding)")
+        if obj.horizon_steps:  # POPD grows the horizon: compare both ends in tokens (each may be a fraction)
+            start = obj.horizon_at(1, rollout.max_new_tokens)
+            final = obj.horizon_at(obj.horizon_steps + 1, rollout.max_new_tokens)
+            if final is None or start is None or final < start:
+                raise ConfigError(
+                    f"objective.horizon = {obj.horizon} ({start} tokens) grows to horizon_final = {obj.horizon_final} "
+                    f"({final} tokens of rollout.max_new_tokens = {rollout.max_new_tokens}): POPD's horizon must not "
+                    "shrink (<= 1 is a fraction of max_new_tokens, > 1 a token count)")
         if rollout.group_size < 2 and any(r.weight for r in self.rewards):
             raise ConfigError("rollout.group_size must be >= 2 for group-relative advantages")
         if obj.beta > 0 and teacher.source == "none":

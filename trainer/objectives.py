@@ -23,7 +23,8 @@ Options of the on-policy distillation family (each one config key, neutral at it
     "vOPD", 2026): with k1 in the advantage the per-token advantage is
         A_it = A_i - beta (d_it - KL(s_it)),   KL(s) = sum_v p(v|s) log p(v|s)/q(v|s) = E_p[d | s]
     The baseline depends on the state only, so E_p[(d - KL) grad log p] = E_p[d grad log p]: the
-    gradient stays unbiased (still the reverse-KL gradient) with less variance.
+    gradient stays unbiased (still the reverse-KL gradient); its variance is lower in most states but
+    not in all (an exact count over random small vocabularies finds states where it is higher).
   TOPD / POPD, objective.horizon[_final, _steps] (truncated / progressive rollout horizon for
     distillation): the teacher term only on tokens t < h,
         KL_it <- KL_it 1[t < h(step)],   h(step) = h0 + (h1 - h0) min(1, (step - 1) / steps)
@@ -91,7 +92,9 @@ def group_advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, *
                      eps: float = 1e-6) -> torch.Tensor:
     """A_i = (r_i - mean_g r) [/ (std_g r + eps)] over each group's valid members; rewards is
     [groups, G]. A group with zero reward variance (or fewer than two valid members) gets A = 0:
-    it carries no outcome signal. Invalid members (a failed reward) get A = 0."""
+    it carries no outcome signal. Invalid members (a failed reward) get A = 0. A is continuous in the
+    rewards: as the spread goes to 0 so does A (no cut-off at std = eps, where A would jump from 0
+    to about +-0.5)."""
     valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
     r = torch.where(valid, rewards, 0.0).double()
     count = valid.sum(-1, keepdim=True)
@@ -100,8 +103,7 @@ def group_advantages(rewards: torch.Tensor, valid: torch.Tensor | None = None, *
     # Unbiased std over the group, as GRPO (and TRL, verl) compute it.
     std = (centered.pow(2).sum(-1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
     advantages = centered / (std + eps) if scale_std else centered
-    no_signal = (count < 2) | (std <= eps)
-    return torch.where(valid & ~no_signal, advantages, 0.0).to(rewards.dtype)
+    return torch.where(valid & (count >= 2), advantages, 0.0).to(rewards.dtype)
 
 
 def rollout_advantages(rewards: list[float], valid: list[bool], group_sizes: list[int], *,
@@ -167,16 +169,7 @@ class Schedule:
 
 def horizon_tokens(cfg: ObjectiveConfig, step: int, max_new_tokens: int) -> int | None:
     """h(step) in tokens for TOPD/POPD (None: the whole rollout). `step` counts from 1."""
-    if cfg.horizon == 0:
-        return None
-    def tokens(h: float) -> int:
-        return max(1, round(h * max_new_tokens) if h <= 1 else int(h))
-    start = tokens(cfg.horizon)
-    if not cfg.horizon_steps:
-        return min(start, max_new_tokens)
-    final = tokens(cfg.horizon_final)
-    grown = start + (final - start) * min(1.0, (step - 1) / cfg.horizon_steps)
-    return min(int(round(grown)), max_new_tokens)
+    return cfg.horizon_at(step, max_new_tokens)
 
 
 def schedule(cfg: ObjectiveConfig, step: int, max_new_tokens: int) -> Schedule:
@@ -217,15 +210,26 @@ def sampled_kl(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, estimator
     log r = log pi_teacher - log pi_theta); each value estimates KL(pi_theta || pi_teacher):
       k1 = -log r            unbiased, can be negative; its gradient is valid only in the advantage
       k2 = (log r)^2 / 2     biased value; as a loss its expected gradient is the reverse-KL gradient
-      k3 = (r - 1) - log r   unbiased value, >= 0; as a loss its expected gradient is the FORWARD-KL one"""
+      k3 = (r - 1) - log r   unbiased value, >= 0; as a loss its expected gradient is the FORWARD-KL one
+    log r is clamped to +-20 for k3 (as the policy ratio is): e^log r overflows otherwise."""
     log_r = teacher_logprobs - logprobs
     if estimator == "k1":
         return -log_r
     if estimator == "k2":
         return 0.5 * log_r.pow(2)
     if estimator == "k3":
+        log_r = log_r.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         return torch.expm1(log_r) - log_r
     raise ValueError(f"sampled-token estimator must be k1, k2 or k3, got {estimator!r}")
+
+
+def forward_kl_value(logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+    """A sampled-token estimate of the FORWARD KL(pi_teacher || pi_theta) from the student's own
+    tokens: r log r - (r - 1) with r = q/p (E_p[r log r] = KL(q || p), E_p[r - 1] = 0; >= 0): what
+    k3 reports when its gradient is the forward KL's."""
+    log_r = (teacher_logprobs - logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    r = torch.exp(log_r)
+    return r * log_r - torch.expm1(log_r)
 
 
 def _masked(values: torch.Tensor | None, mask: torch.Tensor, fill: torch.Tensor | float, what: str) -> torch.Tensor:
@@ -308,12 +312,14 @@ def select_tokens(cfg: ObjectiveConfig, mask: torch.Tensor, entropy: torch.Tenso
     return chosen.reshape(mask.shape)
 
 
-def tip_selection(cfg: ObjectiveConfig, t: TokenBatch) -> torch.Tensor:
-    """TIP / REOPOLD's token-level dynamic sampling: the selected tokens (bool [S, L])."""
+def tip_selection(cfg: ObjectiveConfig, t: TokenBatch, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """TIP / REOPOLD's token-level dynamic sampling: the selected tokens (bool [S, L]) among
+    `allowed` (the mask's tokens by default; within a TOPD/POPD horizon, those inside it)."""
     if t.entropy is None:
         raise ValueError(f"token_select = {cfg.token_select!r} needs the per-token entropy")
+    allowed = t.mask.bool() if allowed is None else allowed
     divergence = t.kl if t.kl is not None else (t.logprobs - _teacher_logprobs(t)).abs()
-    return select_tokens(cfg, t.mask, torch.where(t.mask, t.entropy, 0.0), torch.where(t.mask, divergence, 0.0))
+    return select_tokens(cfg, allowed, torch.where(allowed, t.entropy, 0.0), torch.where(allowed, divergence, 0.0))
 
 
 @dataclass
@@ -341,9 +347,14 @@ def teacher_term(cfg: ObjectiveConfig, t: TokenBatch, at: Schedule = Schedule())
         term = term - vopd_baseline(t)
     active = within_horizon(t.mask, at.horizon)
     if cfg.token_select != "none" and at.relaxed:
-        selected = active & tip_selection(cfg, t)
-        term = term * (t.mask.sum() / selected.sum().clamp(min=1))  # TIP: the mean over the selected tokens
+        # TIP: token_fraction of the tokens the term trains (those within the horizon), as their
+        # mean: at fraction 1 the term is unchanged, with or without a horizon
+        selected = tip_selection(cfg, t, allowed=active)
+        term = term * (active.sum() / selected.sum().clamp(min=1))
         active = selected
+    if (cfg.estimator, cfg.direction) == ("k3", "forward"):  # report the divergence its gradient follows
+        kl = torch.where(t.mask, forward_kl_value(torch.where(t.mask, t.logprobs, t.logprobs.detach()),
+                                                  _teacher_logprobs(t)), 0.0).detach()
     return TeacherTerm(torch.where(active, term, 0.0), kl, active)
 
 

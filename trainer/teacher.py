@@ -145,17 +145,22 @@ class PrecomputedTeacher:
 Source = FrozenModel | ServedTeacher | PrecomputedTeacher
 
 
+LOGPROB_SLACK = 1e-4  # a served log-prob may round a little above 0; more is not a log-probability
+
+
 def _not_finite(scores: TeacherScores) -> str | None:
-    """Where a score is not a finite number (a -inf log-prob makes the KL, and the loss, infinite)."""
+    """Where a score is not a log-probability: not a finite number (a -inf log-prob makes the KL,
+    and the loss, infinite) or above 0 (a served "log-prob" that is a logit or a score)."""
     for name in ("logprobs", "topk_tail", "reference_logprobs"):
         values = getattr(scores, name) or []
-        bad = next((t for t, x in enumerate(values) if x is None or not math.isfinite(x)), None)
+        bad = next((t for t, x in enumerate(values) if x is None or not math.isfinite(x) or x > LOGPROB_SLACK), None)
         if bad is not None:
-            return f"non-finite {'teacher' if name != 'reference_logprobs' else 'reference'} log-prob " \
+            kind = "non-finite" if values[bad] is None or not math.isfinite(values[bad]) else "positive"
+            return f"{kind} {'teacher' if name != 'reference_logprobs' else 'reference'} log-prob " \
                    f"({values[bad]}) at completion token {bad}"
     for t, row in enumerate(scores.topk_logprobs or []):
-        if any(x is None or not math.isfinite(x) for x in row):
-            return f"non-finite teacher top-k log-prob at completion token {t}"
+        if any(x is None or not math.isfinite(x) or x > LOGPROB_SLACK for x in row):
+            return f"non-finite or positive teacher top-k log-prob at completion token {t}"
     return None
 
 

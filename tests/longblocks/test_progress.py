@@ -78,3 +78,28 @@ def test_the_quickstarts_first_stage_logs_progress_to_a_file_while_it_runs(tmp_p
     for stage in ("sample", "select", "dedup"):
         assert f"{stage}: started" in text and f"{stage}: done:" in text
     assert text.index("sample: done:") < text.index("sample: 168 documents in")  # the summary comes after
+
+
+def test_an_in_process_llm_stage_shows_tokens_rising_while_its_first_batch_runs(tiny_model_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """One `generate` call holds the whole batch (the transformers backend): the log still shows the
+    tokens generated rising, line after line, before the first document is done, so slow is not stuck."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from longblocks.records import DOCUMENT_SCHEMA, make_document
+
+    docs = [make_document(source="local", language="en", text=f"Document {i}: the key is {i}.") for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), tmp_path / "docs.parquet")
+    log = tmp_path / "run.log"
+    with log.open("w") as stderr:
+        subprocess.run([str(Path(sys.executable).parent / "longblocks"), "generate", str(tmp_path / "docs.parquet"),
+                        str(tmp_path / "gen"), "--backend", "transformers", "--model", str(tiny_model_dir),
+                        "--max-tokens", "1500", "--temperature", "0", "--batch-size", "8", "--seed", "none"],
+                       stderr=stderr, env={**__import__("os").environ, "LONGBLOCKS_PROGRESS_EVERY": "0.2"},
+                       check=True, timeout=300)
+    text = log.read_text()
+    before_first = [line for line in text.splitlines() if line.startswith("generate: 0/3")]
+    tokens = [int(line.split(" tokens ")[1].split()[0]) for line in before_first if " tokens " in line]
+    assert len(tokens) >= 2 and tokens[-1] > tokens[0] > 0 and tokens == sorted(tokens), text
+    assert all(" in flight 3" in line for line in before_first if " tokens " in line), text

@@ -428,3 +428,78 @@ def test_a_non_finite_teacher_log_prob_at_a_padded_position_reaches_no_value_and
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logprobs.grad).all() and torch.isfinite(stats["kl_sum"])
     assert float(loss) == pytest.approx(float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, cfg, teacher_logprobs=TEACHER)[0]))
+
+
+# -- edge cases an fp64 audit found (issue 37) -----------------------------------------------------
+def test_tip_with_a_horizon_is_neutral_at_fraction_one_and_a_mean_over_the_horizon_below_it():
+    """Horizon 1 keeps each sequence's first token: (0,0) d = 0.5 and (1,0) d = 0. k2 = d^2/2 there:
+    0.125 and 0. TIP at fraction 1 must give the same loss as no TIP (it once scaled by all 5 trained
+    tokens over the 2 in the horizon, x2.5). At fraction 0.5 it keeps ceil(0.5 x 2) = 1 token, the
+    highest entropy of the two (entropy 2.0 at (0,0)), as the mean over the horizon: 0.125 x 2/1."""
+    horizon = ObjectiveConfig(beta=0.1, estimator="k2")
+    plain = float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, horizon, teacher_logprobs=TEACHER, horizon=1)[0])
+    assert plain == pytest.approx(-SURROGATE_SEQ_MEAN + 0.1 * (0.125 / 2 + 0.0 / 3) / 2)
+    for mode in ("entropy", "divergence", "overconfident", "tip"):
+        full = ObjectiveConfig(beta=0.1, estimator="k2", token_select=mode, token_fraction=1.0)
+        assert float(loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, full, teacher_logprobs=TEACHER, entropy=ENTROPY,
+                             horizon=1)[0]) == pytest.approx(plain), mode
+    half = ObjectiveConfig(beta=0.1, estimator="k2", token_select="entropy", token_fraction=0.5)
+    loss, stats = loss_on(LOGPROBS, OLD, ADVANTAGES, MASK, half, teacher_logprobs=TEACHER, entropy=ENTROPY, horizon=1)
+    assert float(loss) == pytest.approx(-SURROGATE_SEQ_MEAN + 0.1 * (0.125 * 2 / 2) / 2)
+    assert float(stats["distill_tokens"]) == 1
+
+
+def test_popd_compares_both_ends_of_its_horizon_in_tokens():
+    from trainer.config import RLConfig, load_config
+
+    base = ["--model.path=m", "--data.long=[{path='x'}]", "--rollout.max_new_tokens=512", "--objective.beta=1",
+            "--teacher.source=local", "--teacher.path=t", "--objective.horizon_steps=4"]
+    # 0.5 of 512 = 256 tokens "growing" to 2 tokens: refused, both ends named in tokens
+    with pytest.raises(ConfigError, match=r"horizon = 0.5 \(256 tokens\) grows to horizon_final = 2 \(2 tokens"):
+        load_config(RLConfig, None, [*base, "--objective.horizon=0.5", "--objective.horizon_final=2"])
+    # 100 tokens growing to the whole rollout (1.0 = 512 tokens): accepted, and it grows linearly
+    cfg = load_config(RLConfig, None, [*base, "--objective.horizon=100", "--objective.horizon_final=1.0"]).objective
+    assert [cfg.horizon_at(step, 512) for step in (1, 3, 5, 9)] == [100, 306, 512, 512]
+
+
+def test_k3_as_the_forward_term_reports_the_forward_kl_and_is_clamped():
+    """p = (1/2, 1/2), q = (1/4, 3/4): the reported value r log r - (r - 1) (r = q/p) averages under p
+    to KL(q || p) = 1/4 ln(1/2) + 3/4 ln(3/2) = 0.130812, where k3's own value estimates KL(p || q)
+    = 1/2 ln 2 + 1/2 ln(2/3) = 0.143841. A log-ratio of 100 is clamped to 20: finite."""
+    from trainer.objectives import forward_kl_value, teacher_term
+
+    p, q = torch.tensor([0.5, 0.5], dtype=torch.float64), torch.tensor([0.25, 0.75], dtype=torch.float64)
+    reported = forward_kl_value(p.log(), q.log())
+    assert float((p * reported).sum()) == pytest.approx(0.25 * math.log(0.5) + 0.75 * math.log(1.5), abs=1e-12)
+    assert float((p * sampled_kl(p.log(), q.log(), "k3")).sum()) == pytest.approx(0.143841, abs=1e-6)
+    cfg = ObjectiveConfig(beta=1.0, estimator="k3", direction="forward")
+    batch = TokenBatch(p.log()[None], p.log()[None], torch.zeros(1, dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool),
+                       teacher_logprobs=q.log()[None])
+    term = teacher_term(cfg, batch)
+    assert term.kl[0].tolist() == pytest.approx(reported.tolist())  # what is logged as teacher_kl
+    assert term.term[0].tolist() == pytest.approx(sampled_kl(p.log(), q.log(), "k3").tolist())  # what is trained
+    huge = sampled_kl(torch.tensor([-100.0]), torch.tensor([0.0]), "k3")
+    assert torch.isfinite(huge).all() and float(huge) == pytest.approx(math.expm1(20.0) - 20.0)
+
+
+def test_group_advantages_are_continuous_as_the_spread_vanishes():
+    """Rewards (0, delta): centred +-delta/2, unbiased std delta/sqrt(2), A = +-(delta/2)/(delta/sqrt(2)
+    + 1e-6). Either side of delta = 1e-6 the advantages differ by little (they once jumped from 0 to
+    +-0.35 there), and they go to 0 with delta."""
+    def advantage(delta: float) -> float:
+        return float(group_advantages(torch.tensor([[0.0, delta]], dtype=torch.float64))[0, 1])
+
+    for delta in (1e-9, 1e-7, 0.99e-6 * math.sqrt(2), 1.01e-6 * math.sqrt(2), 1e-5, 1.0):
+        assert advantage(delta) == pytest.approx((delta / 2) / (delta / math.sqrt(2) + 1e-6), rel=1e-9)
+    assert abs(advantage(1.01e-6 * math.sqrt(2)) - advantage(0.99e-6 * math.sqrt(2))) < 0.01
+    assert advantage(1e-12) < 1e-5 and advantage(0.0) == 0.0
+
+
+def test_a_served_log_prob_above_zero_is_a_failure_not_a_score():
+    from trainer.batch import TeacherScores
+    from trainer.teacher import _not_finite
+
+    assert _not_finite(TeacherScores([-0.1, -2.0])) is None
+    assert _not_finite(TeacherScores([-0.1, 0.00005])) is None  # rounding at 0 is a log-prob of 1
+    assert "positive teacher log-prob (1.5) at completion token 1" in _not_finite(TeacherScores([-0.1, 1.5]))
+    assert "positive" in _not_finite(TeacherScores([-0.1], topk_ids=[[1]], topk_logprobs=[[0.7]]))

@@ -50,6 +50,7 @@ def run(cwd: Path, command: list[str]) -> str:
     return cli(*command, env={"COLUMNS": "500"}, timeout=900, cwd=cwd).stderr
 
 
+@pytest.mark.timeout(3600)  # longer than every command's own cap (900 s each): the command fails first, and says why
 def test_the_readmes_commands_in_order(smollm2: Path, tmp_path: Path) -> None:
     for folder in ("pipelines", "configs"):  # a checkout: the commands' relative paths, runs/ created here
         shutil.copytree(ROOT / folder, tmp_path / folder)
@@ -92,6 +93,9 @@ def test_the_readmes_commands_in_order(smollm2: Path, tmp_path: Path) -> None:
     # each row's response is there or its failure is recorded with a reason (SmolLM2 rarely stops in 256 tokens)
     failed = {r["detail"].split()[0] for r in pq.read_table(out / "respond" / "rejected").to_pylist()}
     assert all(row[RESPONSE] or row["id"] in failed for row in ds)
+    empty = sum(1 for row in ds if not row[RESPONSE])
+    if empty:  # the card says so, and why
+        assert f"**`{RESPONSE}` is empty in {empty} of {ds.num_rows} row" in card
 
     # a second run resumes every stage: nothing is generated again and the counts are unchanged
     again = run(tmp_path, quickstart[0])

@@ -92,6 +92,11 @@ def test_failed_responses_are_recorded_and_the_row_is_kept(tmp_path: Path) -> No
     truncated = [r for r in rows if "[[mode:truncated]]" in r["document"]]
     assert truncated and all(r[f"response_{NAMES[1]}"] is None for r in truncated)
     assert {r["reason"] for r in rejected} == {"response_truncated"} and len(rejected) == len(truncated)
+    # the card says which response column is empty, in how many rows, and why
+    cli("longblocks", "publish", str(tmp_path / "resp"), str(tmp_path / "pub"), "--license", "cc-by-4.0")
+    card = (tmp_path / "pub" / "README.md").read_text()
+    assert f"**`response_{NAMES[1]}` is empty in {len(truncated)} of {len(rows)} rows**: the responder's answer was " \
+           f"rejected (truncated {len(truncated)})" in card, card
 
 
 def test_killed_respond_resends_nothing_that_completed(tmp_path: Path) -> None:
