@@ -76,6 +76,36 @@ class OpenAIBackend:
         self._clients, self._sem = self._loop.run_until_complete(make())
         self._turn = itertools.count()
 
+    def check_server(self, where: str = "") -> None:
+        """Before the first request: each URL's /models lists the model (a typo is one line now, not
+        every request a 404) and its max_model_len (vLLM states it) holds max_tokens with room for a
+        prompt. A replica that cannot be reached is skipped while another answers; none: one line."""
+        openai, reached = self._openai, []
+        for url, pools in zip(self.base_urls, self._clients):
+            try:
+                listed = self._loop.run_until_complete(pools[0].with_options(max_retries=0, timeout=30).models.list())
+            except openai.APIConnectionError as exc:
+                reached.append((url, f"{type(exc).__name__}: {exc}"))
+                continue
+            except openai.APIStatusError:  # a server without /models (or one that errors there): nothing to check
+                reached.append((url, None))
+                continue
+            reached.append((url, None))
+            models = {m.id: (m.model_extra or {}) for m in listed.data}
+            if models and self.model not in models:
+                raise LongBlocksError(f"{where}{url} serves {sorted(models)}, not {self.model!r}: set model to the "
+                                      "served name")
+            limit = models.get(self.model, {}).get("max_model_len")
+            if limit and self.sampling.max_tokens >= limit:
+                raise LongBlocksError(
+                    f"{where}max_tokens = {self.sampling.max_tokens} leaves no room for a prompt in the max_model_len = "
+                    f"{limit} that {url} serves {self.model!r} with (prompt and answer share it): lower max_tokens or "
+                    "serve the model with a longer --max-model-len")
+        if reached and all(error for _, error in reached):
+            raise LongBlocksError(f"{where}cannot reach {reached[0][0]} ({reached[0][1]})"
+                                  + (f" nor the {len(reached) - 1} other replica(s)" if len(reached) > 1 else "")
+                                  + ": is the server up? (nothing was sent; run the same command again once it is)")
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "base_url": self.base_url, "sampling": asdict(self.sampling),
                 "timeout_s": self.timeout, "max_retries": self.max_retries}
@@ -99,7 +129,7 @@ class OpenAIBackend:
         if self.sampling.seed is not None:
             params["seed"] = self.sampling.seed
         params.update(self.sampling.extra)  # vLLM's own fields (top_k, repetition_penalty...) go in the body
-        last_error, last_exc = "", Exception()
+        first_error, last_error, last_exc, transient = "", "", Exception(), True
         first, replicas = next(self._turn), len(self._clients)
         for attempt in range(self.max_retries + 1):
             try:
@@ -117,24 +147,28 @@ class OpenAIBackend:
                     finally:
                         self.stats.in_flight -= 1
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:  # timeout is a connection error
-                last_error, last_exc = f"{type(exc).__name__}: {exc}", exc
+                last_error, last_exc, transient = f"{type(exc).__name__}: {exc}", exc, True
             except openai.APIStatusError as exc:
                 last_error, last_exc = f"HTTP {exc.status_code}: {str(exc)[:200]}", exc
-                if exc.status_code < 500 and exc.status_code not in self.RETRYABLE_STATUS:
+                transient = exc.status_code >= 500 or exc.status_code in self.RETRYABLE_STATUS
+                if not transient:
+                    first_error = first_error or last_error
                     break  # 400 (prompt too long...), 401, 404: retrying will not help
             except ValueError as exc:  # a body that is not JSON: a proxy's error page, a cut connection
-                last_error, last_exc = f"response is not JSON: {str(exc)[:200]}", exc
+                last_error, last_exc, transient = f"response is not JSON: {str(exc)[:200]}", exc, False
             else:
                 completion = chat_completion(answer)
                 if isinstance(completion, Completion):
                     self.stats.tokens += completion.completion_tokens or 0
                     return completion
-                last_error = completion
+                last_error, transient = completion, False
+            first_error = first_error or last_error
             if attempt < self.max_retries:
                 if (attempt + 1) % replicas == 0:  # every replica tried once more: back off
                     await asyncio.sleep(self._retry_delay(attempt // replicas, last_exc))
         self.stats.failed += 1
-        return Completion(error=f"after {attempt + 1} attempt(s): {last_error}")
+        errors = last_error if last_error == first_error else f"first: {first_error}; last: {last_error}"
+        return Completion(error=f"after {attempt + 1} attempt(s): {errors}", transient=transient)
 
     def map_ordered(
         self, items: Iterable[T], to_messages: Callable[[T], Messages], *, buffer_bytes: int | None = None
@@ -376,4 +410,11 @@ def build_backend(cfg: BackendConfig, stage_dir: Path, *, where: str = "") -> Ba
     cache.check()  # a damaged cache is one line now, before the model loads or anything is sent
     options: dict[str, Any] = {"sampling": sampling_of(cfg), "cache": cache,
                                **{name: getattr(cfg, name) for name in sorted(_TAKES[cfg.backend])}}
-    return make_backend(cfg.backend, resolve_model(cfg.model), **options)
+    backend = make_backend(cfg.backend, resolve_model(cfg.model), **options)
+    if isinstance(backend, OpenAIBackend):
+        try:
+            backend.check_server(where)
+        except LongBlocksError:
+            backend.close()
+            raise
+    return backend

@@ -151,7 +151,7 @@ def run_publish(sections: dict[str, Any], paths: list[Path], flags: dict[str, An
     section = sections["publish"]
     result = publish(paths[0], paths[1], repo_id=section.repo_id, pretty_name=section.pretty_name,
                      max_shard_size=section.max_shard_size, row_group_rows=section.row_group_rows,
-                     working_config=section.working_config, license=section.license)
+                     working_config=section.working_config, license=section.license, skip_judge=section.skip_judge)
     console.print(f"[green]publish[/]: {result['rows']} rows in {len(result['shards'])} shard(s), "
                   f"license {result['license']} -> {paths[1]}")
 
@@ -173,7 +173,7 @@ IN_OUT = (("IN", "a stage directory (its committed parts) or parquet shards"),
 RUN = ("run", True, ("out",))
 PIPELINE_ONLY = ("enabled", "folder", "push")
 PUSH_ONLY = ("private", "revision", "max_commit_files", "max_commit_size")
-WRITE_ONLY = ("pretty_name", "max_shard_size", "row_group_rows", "working_config", "license")
+WRITE_ONLY = ("pretty_name", "max_shard_size", "row_group_rows", "working_config", "license", "skip_judge")
 JUDGE_HELP = ("Filter QA pairs with an LLM judge (one request per document, five checks per pair: well-formed, "
               "complete, supported by the document, needs more than one local span, self-contained): keep what "
               "passes, record why the rest fail. `longblocks judge` is the same command; a pipeline file's section "

@@ -32,7 +32,7 @@ class Sampling:
     temperature: float = 0.6
     top_p: float = 0.95
     max_tokens: int = 16384
-    seed: int | None = 0
+    seed: int | None = None  # sent only when set (see BackendConfig.seed)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"top_k": 20}: sent as extra_body
 
 
@@ -41,7 +41,10 @@ class Completion:
     text: str = ""  # the answer with any reasoning removed
     reasoning: str = ""
     finish_reason: str | None = None
-    error: str | None = None  # set when the request failed for good (after retries)
+    error: str | None = None  # set when the request failed (after retries)
+    # the failure may pass (connection error, timeout, 429, 5xx): the input is left for a rerun to try
+    # again, never recorded as a final rejection; deterministic failures (4xx) are rejections
+    transient: bool = False
     cached: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -143,6 +146,18 @@ def live_status(stats: Iterable[BackendStats]) -> dict[str, Any]:
     tokens = sum(s.tokens for s in stats)
     return {"in_flight": sum(s.in_flight for s in stats), "finished": sum(s.finished for s in stats),
             "cached": sum(s.cached for s in stats), "tokens": tokens, "tok_per_s": round(tokens / elapsed, 1)}
+
+
+def every_request_failed(stage: str, manifest: dict[str, Any], stats: Iterable[BackendStats]) -> None:
+    """An LLM stage that kept nothing because every request it sent failed is an error (exit
+    non-zero, one line with the first failure), not a success with nothing to pass on."""
+    stats = list(stats)
+    sent = sum(s.finished for s in stats)
+    if manifest["outputs"]["kept"] == 0 and sent and sum(s.failed for s in stats) >= sent:
+        reasons = {k: n for k, n in manifest["rejected"].items() if "failed" in k}
+        raise LongBlocksError(f"{stage}: every one of the {sent} request(s) it sent failed ({reasons}; the details "
+                              "are in its rejected/): check the endpoint, model name and limits, then run it with "
+                              "--overwrite")
 
 
 class Requests(Protocol):

@@ -132,7 +132,9 @@ class BackendConfig:
     temperature: float = 0.6  # sampling temperature (always sent)
     top_p: float = 0.95  # nucleus sampling top_p
     max_tokens: int = 16384  # max_tokens per completion, reasoning included
-    seed: int | None = 0  # the sampling seed sent with each request
+    # the sampling seed, sent only when set (none by default): vLLM's CPU engine dies on a seeded request
+    # whose prompt is prefilled in more than one chunk, and a seed makes one request repeatable, not a run
+    seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more sampling fields sent as they are, e.g. top_k=20 (vLLM)
     tensor_parallel_size: int = 1  # vllm: GPUs per model
     max_model_len: int | None = None  # vllm: the engine's context length (default: the model's)
@@ -165,7 +167,6 @@ class JudgeSection(BackendConfig):
     temperature: float = 0.6  # the judge's sampling temperature
     top_p: float = 0.95  # the judge's nucleus sampling top_p
     max_tokens: int = 16384  # the judge's max_tokens per completion, reasoning included
-    seed: int | None = 0  # the sampling seed sent with each request
     local_span_window: int = 0  # also reject answers whose words all fit in one window of this many document words (0: off)
     mode: str = "text"  # text: verdicts parsed from one completion; choice: constrained yes/no per check
 
@@ -193,6 +194,8 @@ class RespondSection:
     """The responders of the respond stage (none: the stage is not run)."""
 
     responders: list[ResponderConfig] = field(default_factory=list)  # each answers every question: [[respond.responders]]
+    # answer a generate stage although a judge stage beside it holds what the judge kept (refused otherwise)
+    skip_judge: bool = False
 
     def __post_init__(self) -> None:
         self.responders = [r if isinstance(r, ResponderConfig) else ResponderConfig(**r) for r in self.responders]
@@ -240,6 +243,9 @@ class PublishSection:
     max_shard_size: str = "500MB"  # Arrow bytes per shard, as `datasets` sizes them
     row_group_rows: int = 100  # rows per parquet row group (the Hub's viewer wants small ones)
     working_config: bool = False  # also a `working` config with the provenance columns
+    # publish pairs the judge never saw although the run has a judge stage (refused otherwise; the card
+    # then does not say the pairs were judged)
+    skip_judge: bool = False
     # the license id (default: cc-by-sa-4.0 with share-alike sources, cc-by-4.0 with other Hub sources;
     # a local source's must be stated)
     license: str | None = None

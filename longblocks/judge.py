@@ -13,6 +13,7 @@ from typing import Any
 
 
 from longblocks.backends import Backend, Completion, Messages, build_backend
+from longblocks.completions import every_request_failed
 from longblocks.config import JudgeSection
 from longblocks.errors import LongBlocksError
 from longblocks.manifest import LLMStats, llm_stats
@@ -190,6 +191,8 @@ def judge_outcomes(records: list[dict[str, Any]], completion: Completion, *, loc
         return Outcome(record["id"], rejected=[Rejection(record["id"], reason, detail)])
 
     if completion.error:
+        if completion.transient:
+            return [Outcome(r["id"], retry=completion.error) for r in records]
         return [rejected(r, "judge_request_failed", completion.error) for r in records]
     if verdicts is None:
         verdicts = parse_verdicts(completion.text, len(records))
@@ -262,6 +265,9 @@ class JudgeStage(Stage):
 
     def stats(self, out_dir: Path) -> LLMStats:
         return llm_stats(self.backend.describe(), **self.settings)
+
+    def check(self, manifest: dict[str, Any]) -> None:
+        every_request_failed(self.name, manifest, [self.backend.stats])
 
     def close(self) -> None:
         if self.given is None and getattr(self, "backend", None) is not None:

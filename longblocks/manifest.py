@@ -102,6 +102,26 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def lineage(stage_dir: Path) -> list[str]:
+    """The stages a stage's records came through, itself first (following each manifest's inputs)."""
+    names: list[str] = []
+    current: Path | None = stage_dir
+    while current is not None and len(names) < 16:
+        manifest = read_manifest(current)
+        names.append(manifest["stage"])
+        current = next((Path(p).parent.parent for p in manifest["inputs"]["paths"]
+                        if (Path(p).parent.parent / MANIFEST).exists()), None)
+    return names
+
+
+def unjudged(stage_dir: Path, what: str) -> None:
+    """Records that skipped the judge, though a judge stage beside them holds its verdicts, are
+    refused: `what` then says how to go on (answer or publish the judge's output, or skip it)."""
+    judge = stage_dir.parent / "judge"
+    if "judge" not in lineage(stage_dir) and (judge / MANIFEST).exists():
+        raise LongBlocksError(f"{stage_dir} holds pairs the judge never saw, though {judge} has what it kept: {what}")
+
+
 def summary(manifest: dict[str, Any], out: str | Path) -> list[str]:
     """What a stage did, as the commands print it (rich markup): counts in, kept and rejected per
     reason, then what its statistics say (quotas the source could not fill, what answered, dedup)."""

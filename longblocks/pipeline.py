@@ -67,7 +67,7 @@ def run_publish(cfg: PipelineConfig) -> dict[str, Any]:
     folder = Path(section.folder) if section.folder else cfg.out / "publish"
     summary = publish(cfg.out, folder, repo_id=section.repo_id, pretty_name=section.pretty_name,
                       max_shard_size=section.max_shard_size, row_group_rows=section.row_group_rows,
-                      working_config=section.working_config, license=section.license)
+                      working_config=section.working_config, license=section.license, skip_judge=section.skip_judge)
     if section.push:
         push(folder, section.repo_id, private=section.private, revision=section.revision,
              max_files=section.max_commit_files, max_bytes=parse_size(section.max_commit_size))

@@ -110,8 +110,12 @@ class PlainProgress:
         if state.total:
             parts[0] += f" ({100 * state.done / state.total:.0f}%)"
         parts.append(f"{rate:.2f}/s")
-        if state.total and rate > 0 and state.done < state.total and not prefix:
-            parts.append(f"ETA {_clock((state.total - state.done) / rate)}")
+        # An LLM stage hands outcomes over in input order, so one slow request holds back the count
+        # of done inputs; its requests answered (`answered`, in the same units) say how far it is.
+        answered = state.stats.get("answered")
+        done, rate_done = (answered, answered / elapsed if elapsed > 0 else 0.0) if answered else (state.done, rate)
+        if state.total and rate_done > 0 and done < state.total and not prefix:
+            parts.append(f"ETA {_clock((state.total - done) / rate_done)}")
         parts.append(f"[{_clock(elapsed)}]")
         if state.stats:
             parts.append(stats_text(state.stats, " ", spaced_names=True))

@@ -18,7 +18,7 @@ from longblocks.errors import LongBlocksError
 from longblocks.records import PROVENANCE_COLUMNS, published_column_names, response_columns
 from longblocks.sources import CODE_LANGUAGES, REGISTRY
 from longblocks.config import STAGES
-from longblocks.manifest import MANIFEST, LLMStats, SampleStats, read_manifest, stage_stats
+from longblocks.manifest import MANIFEST, LLMStats, SampleStats, lineage, read_manifest, stage_stats, unjudged
 from longblocks.store import DATA_DIR, REJECTED_DIR, check_output_dir, check_parts, count_rows, directory_lock, input_files, read_batches
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "data_cards" / "longblocks.md"
@@ -186,11 +186,14 @@ def _flat(stats: LLMStats | None) -> dict[str, Any] | None:
 def publish(
     in_path: str | Path, out_dir: str | Path, *, repo_id: str = "", pretty_name: str = "LongBlocks",
     max_shard_size: str | int = "500MB", row_group_rows: int = 100, working_config: bool = False,
-    license: str | None = None,
+    license: str | None = None, skip_judge: bool = False,
 ) -> dict[str, Any]:
     """Write shards and a dataset card to OUT; returns a summary (files, rows, card metadata). The
-    stage published must be complete with every part as committed (checksums read)."""
+    stage published must be complete with every part as committed (checksums read), and downstream
+    of the run's judge when it has one (unless `skip_judge`)."""
     run_dir, stage_dir = _run_dir_and_stage(Path(in_path))
+    if not skip_judge:
+        unjudged(stage_dir, "publish the judge's output (its respond stage, or judge/), or pass --skip-judge")
     published = read_manifest(stage_dir)
     if published.get("status") != "complete":
         raise LongBlocksError(f"{stage_dir} is incomplete (status {published.get('status')!r}): run its stage again "
@@ -266,7 +269,8 @@ def _publish(run_dir: Path, stage_dir: Path, files: list[Path], out: Path, *, re
         n_rows=n_rows,
         n_documents=len(doc_ids), sources=sources, languages=stats["language"].most_common(),
         question_types=stats["question_type"].most_common(), stages=stages,
-        dedup=typed.get("dedup"), generation=_flat(typed.get("generate")), judge=_flat(typed.get("judge")),
+        dedup=typed.get("dedup"), generation=_flat(typed.get("generate")),
+        judge=_flat(typed.get("judge")) if "judge" in lineage(stage_dir) else None,  # only what was judged says so
         license_text=license_text, response_columns=answers,
         empty_responses=_empty_responses(stage_dir, answers, empty),
         length_bins=[(k, n, sample.unmet.get(k, 0)) for k, n in sample.kept_by_quota.items() if "/" in k],

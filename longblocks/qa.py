@@ -5,12 +5,14 @@ Must not judge quality beyond form: the judge stage does that.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from longblocks.backends import Backend, Completion, Messages, build_backend
+from longblocks.completions import every_request_failed
 from longblocks.config import GenerateSection
 from longblocks.manifest import LLMStats, llm_stats
 from longblocks.records import DOCUMENT_SCHEMA, content_id, qa_id, qa_schema, response_column
@@ -111,6 +113,29 @@ def parse_pairs(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]
     return pairs, problems
 
 
+_WORD_RE = re.compile(r"\w+")
+
+
+@functools.cache
+def _instruction_ngrams(n: int = 8) -> frozenset[tuple[str, ...]]:
+    """Every run of `n` words of the prompts' own instructions (not the document): a pair that
+    contains one repeats the prompt instead of asking about the document."""
+    from longblocks.config import QUESTION_TYPES
+
+    grams: set[tuple[str, ...]] = set()
+    for name in ("_format", *QUESTION_TYPES):
+        words = [w.lower() for w in _WORD_RE.findall(re.sub(r"\{\w+\}", " ", prompt_text(name)))]
+        grams.update(tuple(words[k:k + n]) for k in range(len(words) - n + 1))
+    return frozenset(grams)
+
+
+def instruction_echo(text: str, n: int = 8) -> str:
+    """The first run of 8 words `text` copies from the prompts' instructions ("" if none)."""
+    grams = _instruction_ngrams(n)
+    words = [w.lower() for w in _WORD_RE.findall(text)]
+    return next((" ".join(words[k:k + n]) for k in range(len(words) - n + 1) if tuple(words[k:k + n]) in grams), "")
+
+
 def completion_outcome(
     doc: dict[str, Any], completion: Completion, *, question_type: str, generator: str, response_models: tuple[str, ...] = ()
 ) -> Outcome:
@@ -121,6 +146,8 @@ def completion_outcome(
         return Rejection(content_id("qa-rejection", doc_id, reason, str(index)), reason, f"doc {doc_id}: {detail}")
 
     if completion.error:
+        if completion.transient:
+            return Outcome(doc_id, retry=completion.error)
         return Outcome(doc_id, rejected=[reject("request_failed", completion.error)])
     if not completion.text:
         reason = "truncated" if completion.finish_reason == "length" else "empty_completion"
@@ -140,6 +167,9 @@ def completion_outcome(
         seen.add(question.lower())
         if _PLACEHOLDER_RE.match(question) or _PLACEHOLDER_RE.match(answer):
             rejected.append(reject("template_echo", f"{question[:100]} / {answer[:100]}", 3000 + i))
+            continue
+        if echo := instruction_echo(f"{question} {answer}"):
+            rejected.append(reject("template_echo", f"repeats the prompt's instructions: {echo!r}", 4000 + i))
             continue
         if _REFERENTIAL_RE.search(question):
             rejected.append(reject("not_self_contained", question[:200], 2000 + i))
@@ -187,10 +217,14 @@ class GenerateStage(Stage):
                                      generator=self.backend.model)
 
     def status(self) -> dict[str, Any]:
-        return self.backend.stats.live()
+        live = self.backend.stats.live()  # one request per document: answered requests are documents done
+        return {**live, "answered": live["finished"] + live["cached"]}
 
     def stats(self, out_dir: Path) -> LLMStats:
         return llm_stats(self.backend.describe(), **self.settings)
+
+    def check(self, manifest: dict[str, Any]) -> None:
+        every_request_failed(self.name, manifest, [self.backend.stats])
 
     def close(self) -> None:
         if self.given is None and getattr(self, "backend", None) is not None:

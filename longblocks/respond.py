@@ -15,7 +15,7 @@ from longblocks.backends import Backend, Completion, Messages, build_backend
 from longblocks.completions import live_status
 from longblocks.config import RespondSection
 from longblocks.errors import LongBlocksError
-from longblocks.manifest import RespondStats, llm_stats
+from longblocks.manifest import MANIFEST, RespondStats, llm_stats, unjudged
 from longblocks.records import content_id, qa_columns, qa_schema, reasoning_column, response_column
 from longblocks.store import Outcome, Rejection, RunOptions, Stage, StageWriter
 from longblocks.text import prompt_hashes, prompt_text
@@ -33,6 +33,9 @@ def response_outcome(record: dict[str, Any], answers: Answers) -> Outcome:
     """The record with one `response_<name>` (and `reasoning_<name>`) per responder; each response
     that failed, was cut by max_tokens or came back empty is recorded with its reason."""
     row, rejected = dict(record), []
+    retry = next((c.error for c in answers.values() if c.error and c.transient), None)
+    if retry:  # a responder's endpoint was out: the row waits for the next run, its other answers cached
+        return Outcome(record["id"], retry=retry)
     for name, completion in answers.items():
         column = response_column(name)
         reason = ("response_request_failed" if completion.error else
@@ -81,6 +84,10 @@ class RespondStage(Stage):
         return {"responders": self.provenance(), "prompt_sha256": prompt_hashes(["respond"])}
 
     def prepare(self, files: Sequence[Path]) -> None:
+        source = Path(files[0]).parent.parent
+        if not self.section.skip_judge and (source / MANIFEST).exists():
+            unjudged(source, f"answer what it kept (longblocks respond {source.parent / 'judge'} OUT), or pass "
+                             "--skip-judge")
         existing = qa_columns(files[0], "respond")
         mine = [response_column(n)[len("response_"):] for n in self.responders]
         clash = sorted(set(existing) & set(mine))
@@ -96,12 +103,18 @@ class RespondStage(Stage):
             yield response_outcome(record, answers)
 
     def status(self) -> dict[str, Any]:
-        return live_status(b.stats for b in self.responders.values())
+        live = live_status(b.stats for b in self.responders.values())  # each record: one request per responder
+        return {**live, "answered": (live["finished"] + live["cached"]) // max(len(self.responders), 1)}
 
     def stats(self, out_dir: Path) -> RespondStats:
         return RespondStats({name: llm_stats(backend.describe(), column=response_column(name),
                                              prompt_sha256=prompt_hashes(["respond"]))
                              for name, backend in self.responders.items()})
+
+    def check(self, manifest: dict[str, Any]) -> None:
+        if all(b.stats.finished and b.stats.failed >= b.stats.finished for b in self.responders.values()):
+            raise LongBlocksError(f"{self.name}: every request to every responder failed ({manifest['rejected']}; "
+                                  "the details are in its rejected/): check the endpoints, then run it with --overwrite")
 
     def close(self) -> None:
         if self.given is None:

@@ -57,6 +57,9 @@ class Outcome:
     input_id: str
     kept: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # a failure that may pass (an endpoint's outage): the input is not consumed, so the next run tries
+    # it again; the stage ends incomplete, naming the first such failure
+    retry: str = ""
 
 
 def package_versions() -> dict[str, str]:
@@ -331,6 +334,8 @@ class StageWriter:
         self.part_size = part_size
         self._pending: list[Outcome] = []
         self._deferred: list[Outcome] = []
+        self.retries: list[str] = []  # failures that may pass, left for the next run
+        self._loaded: str | None = None
         self._consumed: set[str] = set()
         manifest_path = self.out_dir / MANIFEST
         if overwrite and manifest_path.exists():
@@ -356,6 +361,7 @@ class StageWriter:
             for part in self.manifest["outputs"]["parts"]:
                 path = self.out_dir / CONSUMED_DIR / f"{part['name']}.parquet"
                 self._consumed.update(damaged_file_guard(path, lambda: pq.read_table(path)["id"].to_pylist()))
+            self._loaded = json.dumps(self.manifest, sort_keys=True)  # a no-op rerun leaves it byte for byte
             self.manifest["status"] = "running"
         else:
             self.manifest = {
@@ -395,6 +401,9 @@ class StageWriter:
 
     # -- writing ---------------------------------------------------------------------------------
     def add(self, outcome: Outcome) -> None:
+        if outcome.retry:
+            self.retries.append(outcome.retry)
+            return
         if outcome.input_id in self._consumed:
             return
         self._consumed.add(outcome.input_id)
@@ -415,7 +424,10 @@ class StageWriter:
         if self._pending:
             self._commit()
         self.manifest.update(extra)
-        self.manifest["status"] = "complete"
+        self.manifest["status"] = "incomplete" if self.retries else "complete"
+        self.manifest["retry"] = {"inputs": len(self.retries), "first": self.retries[0]} if self.retries else None
+        if self._loaded is not None and json.dumps(self.manifest, sort_keys=True) == self._loaded:
+            return self.manifest  # nothing happened: the manifest (its updated_at too) stays as it was
         self._write_manifest()
         return self.manifest
 
@@ -522,6 +534,10 @@ class Stage:
 
     def stats(self, out_dir: Path) -> StageStats:
         return None
+
+    def check(self, manifest: dict[str, Any]) -> None:
+        """After the stage is committed: raise for an outcome that is a failure of the whole stage
+        (every request failed), so the run does not go on as if it had worked."""
 
     def status(self) -> dict[str, Any]:
         """Live progress fields (read from another thread every second while the stage runs)."""
@@ -660,6 +676,12 @@ def run_stage(stage: Stage, inputs: Sequence[str | Path], out_dir: str | Path, *
                     progress(stage.name, stage.advance(outcome), None, kept=kept, rejected=rejected, **stage.status())
             stats = to_json(stage.stats(Path(out_dir)))
             manifest = writer.finish(units=list(stage.units), **({"stats": stats} if stats is not None else {}))
+            if writer.retries:
+                raise LongBlocksError(
+                    f"{stage.name}: {len(writer.retries)} input(s) met a failure that may pass (first: "
+                    f"{writer.retries[0][:300]}); everything else is committed in {out_dir}: run the same command again "
+                    "when the endpoint is back, and only those are tried again")
+            stage.check(manifest)
     except BaseException:
         if fresh and Path(out_dir).exists() and not any(Path(out_dir).rglob(MANIFEST)):
             shutil.rmtree(out_dir, ignore_errors=True)  # a stage that failed before committing anything leaves nothing

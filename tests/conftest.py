@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -193,3 +194,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for index, item in enumerate(items):
         first_seen.setdefault(item.path, index)
     items.sort(key=lambda item: (item.path not in slow_files, first_seen[item.path]))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how the tests against a real vLLM server went, by name: a CI log shows they ran (or why not)."""
+    ran = [(report.nodeid, report.outcome, report.longrepr)
+           for kind in ("passed", "failed", "skipped") for report in terminalreporter.stats.get(kind, [])
+           if "test_vllm_server.py" in report.nodeid and report.when in ("call", "setup")
+           and not (report.when == "setup" and report.outcome == "passed")]
+    if ran:
+        terminalreporter.section("tests against a real vLLM server")
+        for nodeid, outcome, longrepr in ran:
+            why = f" ({longrepr[2]})" if outcome == "skipped" and isinstance(longrepr, tuple) else ""
+            terminalreporter.write_line(f"{outcome.upper()} {nodeid.split('::')[-1]}{why}")

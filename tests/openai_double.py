@@ -80,19 +80,28 @@ class LocalServer:
 class ScriptedServer(LocalServer):
     """Counts requests per mode; `fail_first[mode] = (k, status)` fails the first k requests of a mode."""
 
-    def __init__(self, *, delay: float = 0.0, slow_first: float = 0.0) -> None:
+    def __init__(self, *, delay: float = 0.0, slow_first: float = 0.0, models: list[str] | None = None,
+                 max_model_len: int | None = None) -> None:
+        # /v1/models: 404 unless `models` are given (then listed, with vLLM's max_model_len field)
+        self.models_served, self.max_model_len = models, max_model_len
         self.requests: Counter[str] = Counter()
         self.prompts: list[str] = []
         self.judge_sampling: list[tuple[Any, ...]] = []  # (temperature, top_p, max_tokens, seed) per judge request
         self.bodies: list[dict[str, Any]] = []
         self.authorization: list[str | None] = []
-        self.fail_first: dict[str, tuple[int, int]] = {"rate_limited": (2, 429), "flaky": (1, 500), "broken": (10**6, 500)}
+        # "broken" is refused for good (400: not retried, a rejection); "down" is an outage (500: retried,
+        # then left for the next run)
+        self.fail_first: dict[str, tuple[int, int]] = {"rate_limited": (2, 429), "flaky": (1, 500), "broken": (10**6, 400),
+                                                       "down": (10**6, 500)}
         self.delay, self.slow_first = delay, slow_first
         self.serve(Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
                                      Route("/v1/models", self.models)]))
 
     async def models(self, request: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+        if self.models_served is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "max_model_len": self.max_model_len}
+                                                        for m in self.models_served]})
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
@@ -117,6 +126,10 @@ class ScriptedServer(LocalServer):
             status = self.fail_first[mode][1]
             return JSONResponse({"error": {"message": f"scripted {status}"}}, status_code=status,
                                 headers={"retry-after": "0"} if status == 429 else None)
+        if mode == "dying":  # an engine that dies: its first answer says why, the later ones only that it is gone
+            first = count == 1
+            return JSONResponse({"error": {"message": "EngineDeadError: the engine loop has died" if first
+                                           else "Service Unavailable"}}, status_code=500 if first else 503)
         if mode == "notjson":  # a proxy's error page with status 200
             return PlainTextResponse("<html><body>502 Bad Gateway</body></html>")
         if mode == "nochoices":

@@ -68,6 +68,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
             if engine is not None and pure_opd and at.horizon:  # nothing after the horizon is trained: do not sample it
                 engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=at.horizon)
             batch = collect(cfg, run, source, engine, rewards, teacher)
+            teacher_scored_nothing(cfg, batch, step)  # before the update: never a step without its teacher term
             update = policy_update(cfg, run, batch, teacher, at)
             if engine is not None:
                 engine.sync_weights(run.causal_lm)
@@ -133,6 +134,17 @@ class StepBatch:
     advantages: list[float]
     zero_variance_groups: int
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def teacher_scored_nothing(cfg: RLConfig, batch: "StepBatch", step: int) -> None:
+    """A step whose teacher scored none of its rollouts (a served teacher that refuses every request)
+    is an error, not an update on the rewards alone saved as if dGRPO had run."""
+    if cfg.objective.beta == 0 or not batch.teacher_scores:
+        return
+    failures = [t.reason for t in batch.teacher_scores if isinstance(t, TeacherFailure)]
+    if len(failures) == len(batch.teacher_scores):
+        raise ConfigError(f"step {step}: the teacher scored none of the {len(failures)} rollouts (first: "
+                          f"{failures[0]}); fix the teacher (teacher.*) and run the same command again to resume")
 
 
 def collect(cfg: RLConfig, run: Setup, source: PromptData | ReplayData, engine: HFEngine | VLLMEngine | None,

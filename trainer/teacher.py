@@ -80,6 +80,40 @@ class ServedTeacher:
                                     timeout=cfg.timeout, max_retries=cfg.max_retries)
         self.pool = ThreadPoolExecutor(max_workers=cfg.concurrency)
 
+    def check(self, top_k: int, tokens: int) -> None:
+        """Before the first step, once: the server serves this model, holds `tokens` (prompt and
+        completion) in its max_model_len, and takes `top_k` prompt log-probs (vLLM's --max-logprobs,
+        20 by default): a limit is one line now, not every request refused at every step."""
+        import openai
+
+        from trainer.config import ConfigError
+
+        url = self.cfg.base_url
+        try:
+            models = {m.id: m for m in self.client.models.list().data}
+        except openai.APIConnectionError as exc:
+            raise ConfigError(f"teacher.served.base_url = {url!r}: cannot reach the server ({exc})") from None
+        except openai.APIStatusError:
+            models = {}  # a server without /models: nothing to check there
+        if models and self.cfg.model not in models:
+            raise ConfigError(f"teacher.served.model = {self.cfg.model!r}: {url} serves {sorted(models)}")
+        limit = (models[self.cfg.model].model_extra or {}).get("max_model_len") if models else None
+        if limit and tokens > limit:
+            raise ConfigError(f"a rollout of up to {tokens} tokens (data.max_prompt_len + rollout.max_new_tokens) does "
+                              f"not fit the served teacher's max_model_len = {limit} at {url}")
+        if self.cfg.protocol == "prompt_logprobs" and top_k:
+            try:
+                self.client.with_options(max_retries=0).completions.create(
+                    model=self.cfg.model, prompt=[0, 1], max_tokens=1, temperature=0.0, extra_body={"prompt_logprobs": top_k})
+            except openai.BadRequestError as exc:
+                if "logprob" not in str(exc).lower():
+                    return  # refused for another reason: the steps' own requests say which
+                raise ConfigError(f"the served teacher at {url} refuses prompt_logprobs = {top_k} (objective.top_k): "
+                                  f"{str(exc)[:160]}; vLLM allows --max-logprobs (20 by default): lower objective.top_k "
+                                  f"or restart the server with --max-logprobs {top_k}") from None
+            except (openai.APIStatusError, openai.APIConnectionError):
+                pass  # a failure that may pass: the steps' own requests retry it
+
     def _request(self, rollout: Rollout, top_k: int) -> TeacherScores:
         ids = list(rollout.prompt_ids) + list(rollout.completion_ids)
         start = len(rollout.prompt_ids)
@@ -178,6 +212,8 @@ class Teacher:
         if self.kind != "none":
             self.source = {"local": lambda: FrozenModel(t.path, t.dtype, t.trust_remote_code, device),
                            "served": lambda: ServedTeacher(t.served), "precomputed": PrecomputedTeacher}[t.source]()
+        if isinstance(self.source, ServedTeacher):
+            self.source.check(self.top_k, cfg.data.max_prompt_len + cfg.rollout.max_new_tokens)
         self.reference: FrozenModel | None = None
         if self.kind != "none" and cfg.objective.reward_scale != 1:
             self.reference = FrozenModel(cfg.objective.reference or cfg.model.path, t.dtype, cfg.model.trust_remote_code,

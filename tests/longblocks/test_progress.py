@@ -103,3 +103,22 @@ def test_an_in_process_llm_stage_shows_tokens_rising_while_its_first_batch_runs(
     tokens = [int(line.split(" tokens ")[1].split()[0]) for line in before_first if " tokens " in line]
     assert len(tokens) >= 2 and tokens[-1] > tokens[0] > 0 and tokens == sorted(tokens), text
     assert all(" in flight 3" in line for line in before_first if " tokens " in line), text
+
+
+def test_verbose_means_plain_lines_every_five_seconds_and_the_eta_comes_from_answered_requests() -> None:
+    import click
+
+    from longblocks import cli as lb_cli
+
+    with click.Context(lb_cli.app, obj={"verbose": True, "quiet": False}):
+        with lb_cli.progress_bars() as progress:
+            assert isinstance(progress, PlainProgress) and progress.interval == 5.0
+    # 10 documents; the first is slow, so no outcome is out after 50 s, but 8 requests are answered:
+    # the ETA is 2 left at 8 per 50 s (12 s), not "unknown" or growing with the slow head
+    now = [0.0]
+    lines: list[str] = []
+    progress = PlainProgress(lines.append, interval=10, clock=lambda: now[0])
+    progress("generate", 0, 10)
+    now[0] = 50.0
+    progress("generate", 0, None, answered=8, in_flight=2)
+    assert "ETA 0:00:12" in lines[-1] and "answered 8" in lines[-1], lines

@@ -233,3 +233,13 @@ def test_a_source_that_cannot_open_leaves_nothing_behind(tmp_path: Path) -> None
                  env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     one_line_error(result, "common-pile/arxiv_papers")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_a_rerun_of_a_finished_stage_changes_nothing_not_even_its_manifest(tmp_path: Path) -> None:
+    corpus = shard(tmp_path / "in" / "docs.parquet", documents(6))
+    out = tmp_path / "select"
+    cli("longblocks", "select", str(corpus), str(out), *SELECT)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    time.sleep(1.1)  # a rewritten updated_at would differ
+    cli("longblocks", "select", str(corpus), str(out), *SELECT)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -18,12 +18,13 @@ from openai_double import LocalServer
 
 
 class LogprobServer(LocalServer):
-    def __init__(self, model_dir: str, *, fail_first: int = 0) -> None:
+    def __init__(self, model_dir: str, *, fail_first: int = 0, max_logprobs: int = 20, refuse_all: bool = False) -> None:
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.name = str(model_dir)
         self.fail_first, self.requests = fail_first, 0
+        self.max_logprobs, self.refuse_all = max_logprobs, refuse_all  # vLLM's --max-logprobs (20 by default)
         self.lock = threading.Lock()
         self.serve(Starlette(routes=[Route("/v1/completions", self.completions, methods=["POST"])]))
 
@@ -33,6 +34,12 @@ class LogprobServer(LocalServer):
             self.requests += 1
             if self.requests <= self.fail_first:
                 return JSONResponse({"error": {"message": "scripted 500"}}, status_code=500)
+            k = int(body.get("prompt_logprobs") or 0)
+            if k > self.max_logprobs:  # vLLM's answer to more prompt log-probs than the server allows
+                return JSONResponse({"error": {"message": f"Requested prompt logprobs of {k}, which is greater than "
+                                               f"max allowed: {self.max_logprobs}"}}, status_code=400)
+            if self.refuse_all:
+                return JSONResponse({"error": {"message": "scripted: this teacher scores nothing"}}, status_code=400)
             ids = body["prompt"]
             with torch.no_grad():
                 logprobs = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), -1)

@@ -51,7 +51,7 @@ def test_llm_judge_over_http():
     with ScriptedServer() as server:
         rewards = RewardSet([RewardConfig("judge", 1.0, judge_model="scripted", judge_base_url=server.base_url,
                                           judge_max_retries=1)])
-        result = rewards.score(["v1 [[mode:score7]]", "v2 [[mode:noscore]]", "v3 [[mode:broken]]"], ["v1"] * 3,
+        result = rewards.score(["v1 [[mode:score7]]", "v2 [[mode:noscore]]", "v3 [[mode:down]]"], ["v1"] * 3,
                                [{"question": "what is the key ?"}] * 3)
         rewards.close()
     assert result.per_fn["judge"][0] == pytest.approx(0.7)

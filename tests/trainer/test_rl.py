@@ -296,3 +296,30 @@ def test_vllm_engine_end_to_end(task: SimpleNamespace, tmp_path: Path) -> None:
     cli("dgrpo-train", "rl", *args, timeout=900)
     rows = metrics(tmp_path / "vllm")
     assert len(rows) == 2 and all(r["rollout/logprob_gap"] < 1e-3 for r in rows), [r["rollout/logprob_gap"] for r in rows]
+
+
+def test_a_served_teachers_limits_and_a_teacher_that_scores_nothing_are_errors(task: SimpleNamespace,
+                                                                                 tmp_path: Path) -> None:
+    """objective.top_k above the server's log-prob limit is one line before the first step (vLLM's
+    400, probed once); a teacher that refuses every rollout ends the run non-zero at that step, one
+    line, no final/ (it once trained on the rewards alone and saved final/)."""
+    from click.testing import CliRunner
+
+    from trainer.cli import app
+
+    small = ["--rollout.prompts_per_step=2", "--rollout.group_size=2", "--optim.steps=2", "--teacher.source=served",
+             "--objective.beta=1",
+             "--objective.estimator=topk"]
+    with LogprobServer(str(task.teacher)) as server:
+        served = [f"--teacher.served.base_url={server.base_url}", f"--teacher.served.model={server.name}",
+                  "--teacher.served.max_retries=0"]
+        result = CliRunner().invoke(app, ["rl", *rl_args(task, tmp_path / "topk", *small, *served,
+                                                         "--objective.top_k=32")])
+        assert result.exit_code == 2 and "refuses prompt_logprobs = 32" in result.output, result.output
+        assert "--max-logprobs" in result.output and server.requests == 1  # the probe, nothing else
+    with LogprobServer(str(task.teacher), refuse_all=True) as server:
+        served = [f"--teacher.served.base_url={server.base_url}", f"--teacher.served.model={server.name}",
+                  "--teacher.served.max_retries=0"]
+        result = CliRunner().invoke(app, ["rl", *rl_args(task, tmp_path / "none", *small, *served, "--objective.top_k=8")])
+    assert result.exit_code == 2 and "step 1: the teacher scored none of the 4 rollouts" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "none" / "final").exists()

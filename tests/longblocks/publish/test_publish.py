@@ -104,14 +104,14 @@ def test_the_card_says_what_the_run_did_its_models_the_local_license_and_how_to_
     generate.finish(stats=to_json(llm_stats(small, question_types=["summary"], n_questions=2, prompt_sha256={})))
     StageWriter(run / "judge", stage="judge", schema=qa_schema(), params={}).finish(
         stats=to_json(llm_stats(small, mode="choice", prompt_sha256={})))
-    publish(run / "generate", tmp_path / "unknown")
+    publish(run / "generate", tmp_path / "unknown", skip_judge=True)
     card = (tmp_path / "unknown" / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["license"] == "unknown" and "local: not stated (set [publish] license" in card
     assert "written by `SmolLM2-135M-Instruct` (135M parameters)" in card and "strong LLM" not in card
     assert "/cache/" not in card  # not the path of the machine that built it
     assert f'load_dataset("parquet", data_files="{tmp_path / "unknown"}/data/train-*.parquet"' in card
-    publish(run / "generate", tmp_path / "psf", license="psf-2.0", repo_id="me/qs")
+    publish(run / "generate", tmp_path / "psf", license="psf-2.0", repo_id="me/qs", skip_judge=True)
     meta = yaml.safe_load((tmp_path / "psf" / "README.md").read_text().split("---")[1])
     assert (meta["license"], meta["license_name"], meta["license_link"]) == (
         "other", "psf-2.0", "https://docs.python.org/3/license.html")

@@ -95,13 +95,13 @@ def test_retries_happen_and_failures_are_bounded(generated) -> None:
     assert first["rate_limited"] == 3  # two 429s, then success
     assert first["flaky"] == 2  # one 500
     assert first["slow"] == 2  # one timeout
-    assert first["broken"] == 3  # 1 + max_retries, then recorded as request_failed
+    assert first["broken"] == 1  # a 400 is not retried: recorded as request_failed
 
 
 def test_second_run_hits_the_cache(generated) -> None:
     _, _, _, second, again = generated
     sent = {k: v for k, v in second.items() if v and not k.startswith("judge:")}
-    assert sent == {"broken": 3}, sent  # only the failure (never cached) is tried again
+    assert sent == {"broken": 1}, sent  # only the failure (never cached) is tried again
     assert "Traceback" not in again.stderr
 
 
@@ -148,7 +148,8 @@ def test_killed_generate_resumes_without_resending_finished_requests(tmp_path: P
         cli("longblocks", *args)
         after = server.prompts[len(before):]
     assert len(before) >= 9
-    assert not set(after) & set(before[:-2]), "finished requests were sent again"  # the last two were in flight
+    # the last two were in flight, and one the server answered as the kill came may not have been recorded
+    assert not set(after) & set(before[:-3]), "finished requests were sent again"
     assert len(set(before) | set(after)) == 24
     kept = pq.read_table(tmp_path / "run" / "generate" / "data").to_pylist()
     assert len({r["id"] for r in kept}) == len(kept) == 24 * 2
@@ -261,3 +262,84 @@ def test_a_damaged_request_cache_is_one_line_and_repair_sets_it_aside(tmp_path: 
         sent = sum(server.requests.values())
         cli("longblocks", *args)  # committed parts are kept: nothing is sent again
         assert sum(server.requests.values()) == sent
+
+
+def generate_args(src: Path, out: Path, server: ScriptedServer, *extra: str) -> list[str]:
+    return ["generate", "--source", f"local:{src}", "--out", str(out), "--select.min-tokens", "10", "--model", "m",
+            "--base-url", server.base_url, "--max-retries", "2", "--part-size", "2", *extra]
+
+
+def test_the_seed_is_sent_only_when_set(tmp_path: Path) -> None:
+    src = corpus(tmp_path / "docs", ["good"] * 2)
+    with ScriptedServer() as server:
+        cli("longblocks", *generate_args(src, tmp_path / "a", server))
+        assert server.bodies and all("seed" not in body for body in server.bodies)
+        sent = len(server.bodies)
+        cli("longblocks", *generate_args(src, tmp_path / "b", server, "--seed", "7"))
+        assert server.bodies[sent:] and all(body["seed"] == 7 for body in server.bodies[sent:])
+
+
+def test_an_outage_is_retried_by_the_next_run_not_recorded_for_good(tmp_path: Path) -> None:
+    """Requests that meet an outage (500s through every retry) leave their documents for the next run:
+    the stage ends non-zero with one line naming the first error and how to go on, the rest is
+    committed; after the server is back, the same command sends only those and completes."""
+    src = corpus(tmp_path / "docs", ["good", "down", "good", "down", "good"])
+    with ScriptedServer() as server:
+        first = cli("longblocks", *generate_args(src, tmp_path / "run", server), check=False)
+        lines = [line for line in first.stderr.splitlines() if line.startswith("error:")]
+        assert first.returncode == 2 and len(lines) == 1, first.stderr
+        assert "2 input(s) met a failure that may pass" in lines[0] and "HTTP 500" in lines[0]
+        assert "run the same command again" in lines[0]
+        manifest = json.loads((tmp_path / "run" / "generate" / "manifest.json").read_text())
+        assert manifest["status"] == "incomplete" and manifest["inputs"]["consumed"] == 3
+        assert "request_failed" not in manifest["rejected"]
+        server.fail_first["down"] = (0, 500)  # the server is back
+        before = dict(server.requests)
+        cli("longblocks", *generate_args(src, tmp_path / "run", server))
+        again = {k: v - before.get(k, 0) for k, v in server.requests.items() if v - before.get(k, 0)}
+    assert again == {"down": 2}, again  # only the two that met the outage
+    manifest = json.loads((tmp_path / "run" / "generate" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["inputs"]["consumed"] == 5
+
+
+def test_a_stage_whose_every_request_failed_is_an_error(tmp_path: Path) -> None:
+    src = corpus(tmp_path / "docs", ["broken"] * 3)
+    with ScriptedServer() as server:
+        result = cli("longblocks", *generate_args(src, tmp_path / "run", server), check=False)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1 and "every one of the 3 request(s) it sent failed" in lines[0]
+    assert "request_failed" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_the_servers_limits_are_checked_before_the_first_request(tmp_path: Path) -> None:
+    """/v1/models names the served models and their max_model_len (vLLM's field): a max_tokens it
+    cannot hold, or a model name it does not serve, is one line before anything is sent or created."""
+    src = corpus(tmp_path / "docs", ["good"] * 2)
+    with ScriptedServer(models=["m"], max_model_len=4096) as server:
+        too_long = cli("longblocks", *generate_args(src, tmp_path / "run", server), check=False)
+        assert too_long.returncode == 2 and "max_tokens = 16384 leaves no room for a prompt in the max_model_len = 4096" \
+            in too_long.stderr, too_long.stderr
+        typo = cli("longblocks", *generate_args(src, tmp_path / "run", server, "--max-tokens", "512",
+                                                "--model", "mm"), check=False)
+        assert typo.returncode == 2 and "serves ['m'], not 'mm'" in typo.stderr
+        assert not server.bodies
+        cli("longblocks", *generate_args(src, tmp_path / "ok", server, "--max-tokens", "512"))
+    assert not (tmp_path / "run" / "generate").exists()
+
+
+def test_a_failure_keeps_the_servers_first_answer_beside_its_last(tmp_path: Path) -> None:
+    src = corpus(tmp_path / "docs", ["dying"])
+    with ScriptedServer() as server:
+        result = cli("longblocks", *generate_args(src, tmp_path / "run", server), check=False)
+    line = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert "first: HTTP 500" in line and "EngineDeadError" in line and "last: HTTP 503" in line, line
+
+
+def test_a_pair_that_repeats_the_prompts_instructions_is_rejected() -> None:
+    doc = {"id": "d" * 64, "text": "x", "source": "local", "language": "en"}
+    echo = ("Question: What must every answer be?\nAnswer: Every answer must be complete, correct, and supported only "
+            "by the document.\nQuestion: Which two results are compared?\nAnswer: The early and the late one.")
+    outcome = completion_outcome(doc, Completion(text=echo, finish_reason="stop"), question_type="summary", generator="g")
+    assert [r["question"] for r in outcome.kept] == ["Which two results are compared?"]
+    assert [r.reason for r in outcome.rejected] == ["template_echo"]
+    assert "every answer must be complete correct and supported" in outcome.rejected[0].detail

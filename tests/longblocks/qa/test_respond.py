@@ -132,3 +132,29 @@ def test_bad_responder_config_is_one_line(tmp_path: Path, bad: str) -> None:
     path.write_text(f'[run]\nout = "o"\n[source]\nname = "local:."\n[[respond.responders]]\n{bad}\n')
     result = cli("longblocks", "run", str(path), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_respond_and_publish_follow_the_judge_unless_told_otherwise(tmp_path: Path) -> None:
+    """A run with a judge stage: responding to (or publishing) the generate stage beside it is refused in
+    one line saying how to go on; with --skip-judge it is done, and the card does not claim a judge
+    checked the pairs."""
+    docs = corpus(tmp_path / "docs", 3)
+    run = tmp_path / "run"
+    responder = "--responders", f'{{name="{NAMES[1]}", model="served", base_url="URL"}}'
+    with ScriptedServer() as server:
+        cli("longblocks", "generate", "--source", f"local:{docs}", "--out", str(run), "--select.min-tokens", "10",
+            "--model", "scripted-gen", "--base-url", server.base_url, "--judge.model", "scripted-judge")
+        args = ["longblocks", "respond", str(run / "generate"), str(run / "respond"), responder[0],
+                responder[1].replace("URL", server.base_url)]
+        refused = cli(*args, check=False)
+        assert refused.returncode == 2 and "holds pairs the judge never saw" in refused.stderr
+        assert f"longblocks respond {run / 'judge'} OUT" in refused.stderr and "--skip-judge" in refused.stderr
+        assert not (run / "respond").exists()
+        cli(*args, "--skip-judge")
+    refused = cli("longblocks", "publish", str(run), str(tmp_path / "pub"), check=False)
+    assert refused.returncode == 2 and "--skip-judge" in refused.stderr and not (tmp_path / "pub").exists()
+    cli("longblocks", "publish", str(run), str(tmp_path / "pub"), "--skip-judge", "--license", "cc-by-4.0")
+    card = (tmp_path / "pub" / "README.md").read_text()
+    assert "LLM judge" not in card and "**Judge.**" not in card
+    cli("longblocks", "publish", str(run / "judge"), str(tmp_path / "judged"), "--license", "cc-by-4.0")
+    assert "LLM judge" in (tmp_path / "judged" / "README.md").read_text()
