@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,11 +331,22 @@ def repair(stage_dir: Path) -> None:
 @click.argument("stage_dir", metavar="STAGE_DIR", type=click.Path(path_type=Path))
 def inspect(stage_dir: Path) -> None:
     """Print a stage directory's manifest: counts kept and rejected per reason, parameters, versions."""
-    from longblocks.manifest import read_manifest
+    from longblocks.manifest import MANIFEST, read_manifest
 
     with one_line_errors(LongBlocksError):
+        tasks = sorted(p for p in stage_dir.glob("task-*") if (p / MANIFEST).exists())
+        if tasks and not (stage_dir / MANIFEST).exists():  # a stage run as tasks, not all of them complete yet
+            for task in tasks:
+                m = read_manifest(task)
+                console.print(f"{task.name}: {m['status']}, {m['inputs']['consumed']} in, kept {m['outputs']['kept']}",
+                              highlight=False)
+            return
         manifest = read_manifest(stage_dir)
         print_summary(manifest, stage_dir)
+        if manifest.get("tasks"):
+            states = [read_manifest(stage_dir / t)["status"] for t in manifest["tasks"]]
+            console.print(f"  tasks: {len(states)} ({', '.join(f'{n} {s}' for s, n in sorted(Counter(states).items()))})",
+                          highlight=False)
         Console().print_json(json.dumps({k: manifest[k] for k in ("status", "parameters", "versions")}))
 
 

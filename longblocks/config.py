@@ -256,6 +256,49 @@ class PublishSection:
     max_commit_size: str = "2GB"  # bytes per commit
 
 
+EXECUTOR_KINDS = ("local", "ray", "slurm")
+PER_STAGE = ("tasks", "cpus", "gpus", "memory_gb", "retries")
+
+
+@dataclass
+class ExecutorSection:
+    """`[executor]`: where a run's stages run. `local` (the default) as one process, as always; with
+    tasks > 1, or on `ray` or `slurm`, each stage runs as `tasks` shards of its input files, each
+    into its own folder under the stage's, resumable one by one."""
+
+    kind: str = "local"  # local | ray (Ray Core tasks) | slurm (a submitit job array per stage)
+    tasks: int = 1  # tasks per stage (a stage with fewer input files has fewer)
+    workers: int = 1  # local: tasks at once, in processes; ray: CPUs of a local cluster started for the run
+    cpus: int = 1  # CPUs per task
+    gpus: float = 0  # GPUs per task (an in-process vLLM stage: its tensor parallel size)
+    memory_gb: float = 0  # memory per task (0: the engine's default)
+    retries: int = 2  # a task whose worker or node died is run again, resuming from its committed parts
+    address: str = ""  # ray: auto (an existing cluster) or ray://HOST:PORT; empty: a local cluster for the run
+    slurm_cluster: str = ""  # slurm: empty for submitit's choice (Slurm where there is one); local, debug
+    slurm_partition: str = ""  # slurm: the partition to submit to
+    slurm_time_min: int = 240  # slurm: a job's time limit in minutes
+    slurm_folder: str = ""  # slurm: submitit's logs and pickles (empty: OUT/<stage>/.slurm)
+    # per-stage overrides of tasks, cpus, gpus, memory_gb, retries: { generate = { tasks = 4, gpus = 1 } }
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTOR_KINDS:
+            raise LongBlocksError(f"executor.kind must be one of {', '.join(EXECUTOR_KINDS)}, got {self.kind!r}")
+        if self.tasks < 1 or self.workers < 1 or self.retries < 0:
+            raise LongBlocksError("executor: tasks and workers must be >= 1, retries >= 0")
+        names = {spec.name for spec in STAGES}
+        for stage, values in self.stages.items():
+            if stage not in names:
+                raise LongBlocksError(f"executor.stages: unknown stage {stage!r}; the stages are {', '.join(sorted(names))}")
+            unknown = sorted(set(values) - set(PER_STAGE))
+            if unknown:
+                raise LongBlocksError(f"executor.stages.{stage}: unknown key(s) {unknown}; valid: {', '.join(PER_STAGE)}")
+
+    def for_stage(self, stage: str) -> dict[str, Any]:
+        """The stage's tasks and resources: its overrides over the section's values."""
+        return {key: self.stages.get(stage, {}).get(key, getattr(self, key)) for key in PER_STAGE}
+
+
 @dataclass
 class RunSection:
     """`[run]`: where the run goes and how often it commits."""
@@ -279,6 +322,7 @@ class PipelineConfig:
     respond: RespondSection = field(default_factory=RespondSection)
     publish: PublishSection = field(default_factory=PublishSection)
     part_size: int = PART_SIZE
+    executor: ExecutorSection = field(default_factory=ExecutorSection)
 
 
 @dataclass(frozen=True)
@@ -323,8 +367,20 @@ def stage_spec(name: str) -> StageSpec:
     raise LongBlocksError(f"unknown stage {name!r}; the stages are {', '.join(s.name for s in STAGES)}")
 
 
+def build_stage(name: str, section: Any, **extra: Any) -> Any:
+    """The stage `name` built from its section by its module's one entry, `stage(section)`, and named
+    here (`extra`: the other sections its builder takes, or a replacement for what it would build
+    itself, such as a backend in tests). The module is imported only now (this one stays light)."""
+    import importlib
+
+    spec = stage_spec(name)
+    stage = importlib.import_module(spec.module).stage(section, **extra)
+    stage.name = spec.name
+    return stage
+
+
 SECTIONS: dict[str, type] = {"run": RunSection, **{spec.section: spec.config for spec in STAGES},
-                             "publish": PublishSection}
+                             "publish": PublishSection, "executor": ExecutorSection}
 ALIASES = {"filter": "judge"}  # the design's name for the judge stage
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
@@ -28,10 +29,10 @@ from longblocks.errors import LongBlocksError
 from longblocks.records import DOCUMENT_SCHEMA, REJECTION_SCHEMA
 from longblocks.sources import is_code
 from longblocks.text import normalize_text
-from longblocks.manifest import DedupStats
+from longblocks.manifest import DedupStats, to_json
 from longblocks.store import (
     Outcome, Rejection, RunOptions, Stage, StageWriter, batched, count_rows, input_files, parquet_writer_atomic,
-    read_batches, read_records, run_stage,
+    read_batches, read_records, run_stage, write_table_atomic,
 )
 
 SCHEME = "affine32"  # datasketch >= 2.0 default; sketches of other schemes are not comparable
@@ -243,14 +244,27 @@ def find_duplicates(
     storage: str = "memory",
     redis_url: str | None = None,
 ) -> DedupResult:
-    """LSH candidates from the signatures, then exact Jaccard on the candidates' shingle sets."""
+    """LSH candidates from the signatures, then exact Jaccard on the candidates' shingle sets. Rows
+    with the same signature (exact copies, mostly) enter the LSH once and are checked against their
+    first row alone, so a thousand copies are a thousand checks, not half a million pairs; a pair
+    whose two sides are already in one cluster is not checked again (the clusters do not change)."""
+    n = len(signatures.ids)
+    values = signatures.values
+    rows = np.ascontiguousarray(values).view(np.dtype((np.void, values.dtype.itemsize * values.shape[1]))).ravel() \
+        if n else np.empty(0)
+    _, first_of, inverse = np.unique(rows, return_index=True, return_inverse=True) if n else (None, np.empty(0, np.int64),
+                                                                                               np.empty(0, np.int64))
+    representative = first_of[inverse].astype(np.int64) if n else np.empty(0, np.int64)
+    distinct = np.unique(representative)
     if storage == "memory":
-        pairs = band_pairs(signatures.values, cfg.bands, cfg.rows)
+        sub = band_pairs(values[distinct], cfg.bands, cfg.rows)
     elif storage == "redis":
-        pairs = redis_pairs(signatures.values, cfg, redis_url)
+        sub = redis_pairs(values[distinct], cfg, redis_url)
     else:
         raise LongBlocksError(f"unknown LSH storage {storage!r}; use memory or redis")
-    n = len(signatures.ids)
+    a, b = np.divmod(sub, max(len(distinct), 1))
+    copies = np.flatnonzero(representative != np.arange(n))
+    pairs = np.unique(np.concatenate([distinct[a] * n + distinct[b], representative[copies] * n + copies]))
     first, second = np.divmod(pairs, n) if n else (pairs, pairs)
     index = {signatures.ids[i]: i for i in np.union1d(first, second).tolist()}
     shingles: dict[int, np.ndarray] = {}
@@ -262,6 +276,8 @@ def find_duplicates(
     union = UnionFind()
     verified = 0
     for a, b in zip(first.tolist(), second.tolist()):
+        if union.find(signatures.ids[a]) == union.find(signatures.ids[b]):
+            continue  # already one cluster: checking the pair would change nothing
         if jaccard(shingles[a], shingles[b]) >= cfg.threshold:
             union.union(signatures.ids[a], signatures.ids[b])
             verified += 1
@@ -323,10 +339,11 @@ class DedupStage(Stage):
     rejection_schema = DEDUP_REJECTION_SCHEMA
     columns = [f.name for f in DOCUMENT_SCHEMA]
 
-    def __init__(self, section: DedupSection) -> None:
+    def __init__(self, section: DedupSection, decided: DedupResult | None = None) -> None:
         self.section, self.cfg = section, section.config()
         self.files: Sequence[Path] = ()
-        self.result: DedupResult | None = None
+        self.result: DedupResult | None = decided
+        self.decided = decided is not None  # one task of a dedup run as tasks: the decision was made for all
         self.out_dir = Path()
         self.options = RunOptions()
 
@@ -338,6 +355,8 @@ class DedupStage(Stage):
 
     def prepare(self, files: Sequence[Path]) -> None:
         self.files = files
+        if self.decided:
+            return
         signatures = SignatureStage(self.cfg, self.section.workers)
         signatures.name = "minhash"
         run_stage(signatures, files, self.out_dir / "signatures", part_size=self.options.part_size,
@@ -358,15 +377,71 @@ class DedupStage(Stage):
             yield Outcome(doc["id"], rejected=[Rejection(doc["id"], "near_duplicate", f"jaccard {score:.3f} with {keep}",
                                                          fields={"cluster_id": keep, "survivor_id": keep, "jaccard": score})])
 
-    def stats(self, out_dir: Path) -> DedupStats:
+    def stats(self, out_dir: Path) -> DedupStats | None:
         assert self.result is not None
+        if self.decided:
+            return None  # the stage's statistics are the decision's, written once beside the tasks
         return _write_clusters(list(self.files), out_dir, self.result, self.cfg)
 
 
-def stage(section: DedupSection) -> DedupStage:
+def stage(section: DedupSection, *, decided: DedupResult | None = None) -> DedupStage:
     """`[dedup]` as a stage: the MinHash parameters (what the survivors depend on) and how the
     work runs (hashing processes, where the LSH index lives)."""
-    return DedupStage(section)
+    return DedupStage(section, decided)
+
+
+# -- dedup as tasks (longblocks.executors) ----------------------------------------------------------
+DECISIONS = "decisions.parquet"
+DECISIONS_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("survivor_id", pa.string()),
+                              pa.field("jaccard", pa.float64()), pa.field("cluster_size", pa.int64())])
+
+
+def sharded(spec: Any, section: DedupSection, extra: dict[str, Any], files: Sequence[Path], out_dir: Path, *,
+            cfg: Any, part_size: int, overwrite: bool, run: Callable[[list[Any]], None]) -> tuple[list[Any], dict[str, Any]]:
+    """Dedup in steps that scale: the signatures per task; the LSH candidates, their exact check and
+    the keep/drop decision once (they need every document's signature: here, on the driver); the
+    filtering per task, from the decision. The kept ids are those of the one-process dedup."""
+    from longblocks.executors import TASK, Task, shards
+
+    planned = shards(files, cfg.for_stage(spec.name)["tasks"])
+    hashing = [Task(spec.name, section, {}, shard, str(out_dir / "signatures" / TASK.format(rank)), rank, len(planned),
+                    part_size, overwrite, function="longblocks.dedup:signature_task") for rank, shard in enumerate(planned)]
+    run(hashing)
+    dedup_cfg = section.config()
+    result = find_duplicates(read_signatures([f for t in hashing for f in input_files(Path(t.out_dir))], dedup_cfg.num_perm),
+                             lambda: read_records(files, columns=[f.name for f in DOCUMENT_SCHEMA]), dedup_cfg,
+                             storage=section.lsh_storage, redis_url=section.redis_url)
+    decisions = [{"id": i, "survivor_id": keep, "jaccard": result.jaccard_to_survivor[i],
+                  "cluster_size": result.cluster_sizes[keep]} for i, keep in sorted(result.survivors.items())]
+    write_table_atomic(pa.Table.from_pylist(decisions, schema=DECISIONS_SCHEMA), out_dir / DECISIONS)
+    stats = to_json(_write_clusters(list(files), out_dir, result, dedup_cfg))
+    filtering = [Task(spec.name, section, {"decisions": str(out_dir / DECISIONS), "candidate_pairs": result.candidate_pairs,
+                                           "verified_pairs": result.verified_pairs},
+                      shard, str(out_dir / TASK.format(rank)), rank, len(planned), part_size, overwrite,
+                      function="longblocks.dedup:filter_task") for rank, shard in enumerate(planned)]
+    run(filtering)
+    return filtering, {"stats": stats}
+
+
+def signature_task(task: Any) -> dict[str, Any]:
+    """A worker's share of dedup's hashing (a resumable stage of its own, like the one-process one)."""
+    stage = SignatureStage(task.section.config(), task.section.workers)
+    stage.name = "minhash"
+    manifest = run_stage(stage, list(task.files), task.out_dir, part_size=task.part_size, overwrite=task.overwrite)
+    return {"kept": manifest["outputs"]["kept"], "status": manifest["status"]}
+
+
+def filter_task(task: Any) -> dict[str, Any]:
+    """A worker's share of dedup's output: its documents kept or rejected by the decision made once."""
+    from longblocks.config import build_stage
+
+    table = pq.read_table(task.extra["decisions"]).to_pylist()
+    result = DedupResult({r["id"]: r["survivor_id"] for r in table}, {r["id"]: r["jaccard"] for r in table},
+                         {r["survivor_id"]: r["cluster_size"] for r in table}, task.extra["candidate_pairs"],
+                         task.extra["verified_pairs"])
+    stage = build_stage("dedup", task.section, decided=result)
+    manifest = run_stage(stage, list(task.files), task.out_dir, part_size=task.part_size, overwrite=task.overwrite)
+    return {"kept": manifest["outputs"]["kept"], "status": manifest["status"]}
 
 
 def _write_clusters(files: list[Path], out_dir: Path, result: DedupResult, cfg: DedupConfig) -> DedupStats:

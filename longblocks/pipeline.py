@@ -7,22 +7,16 @@ module's one entry `stage(section)`. Must not implement stages.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from longblocks.config import PART_SIZE, STAGES, PipelineConfig, stage_spec
+from longblocks import executors
+from longblocks.config import PART_SIZE, STAGES, PipelineConfig, build_stage
 from longblocks.progress import Progress
-from longblocks.store import Stage, run_stage
+from longblocks.store import run_stage
 
 
-def build(name: str, section: Any, **extra: Any) -> Stage:
-    """The stage `name` from its section (`extra`: the other sections its builder takes, or a
-    replacement for what it would build itself, such as a backend in tests)."""
-    spec = stage_spec(name)
-    stage: Stage = importlib.import_module(spec.module).stage(section, **extra)
-    stage.name = spec.name
-    return stage
+build = build_stage  # the stage `name` from its section (see config.build_stage)
 
 
 def run(name: str, section: Any, inputs: list[str | Path] | list[Path], out_dir: str | Path, *,
@@ -39,7 +33,8 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Prog
     """Run every configured stage in order into `<out>/<stage>` (through `until`, when given). A
     stage whose section leaves it out (no model, no responders) is skipped, and so is one that
     reads what no earlier stage wrote (QA records without a generator); a stage that keeps nothing
-    ends the run there (the manifests returned say which and why)."""
+    ends the run there (the manifests returned say which and why). With `[executor]` tasks > 1, or on
+    Ray or Slurm, each stage runs as tasks (`longblocks.executors`)."""
     manifests: dict[str, Any] = {}
     inputs: list[Path] = []
     flowing: str | None = None  # what the last stage wrote
@@ -48,8 +43,13 @@ def run_pipeline(cfg: PipelineConfig, *, overwrite: bool = False, progress: Prog
         if spec.enabled(section) and spec.reads == flowing:
             out = cfg.out / spec.name
             others = {name: getattr(cfg, name) for name in spec.also}
-            manifests[spec.name] = run(spec.name, section, inputs, out, part_size=cfg.part_size, overwrite=overwrite,
-                                       progress=progress, **others)
+            if executors.configured(cfg.executor, spec.name):  # as tasks, locally or on Ray or Slurm
+                manifests[spec.name] = executors.run_sharded(spec, section, others, inputs, out, cfg=cfg.executor,
+                                                             part_size=cfg.part_size, overwrite=overwrite,
+                                                             progress=progress)
+            else:
+                manifests[spec.name] = run(spec.name, section, inputs, out, part_size=cfg.part_size,
+                                           overwrite=overwrite, progress=progress, **others)
             if manifests[spec.name]["outputs"]["kept"] == 0:
                 break
             inputs, flowing = [out], spec.writes

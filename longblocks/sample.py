@@ -4,6 +4,7 @@ stage directory. Must not judge length or quality (select does); unusable raw it
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -101,15 +102,20 @@ class SampleStage(Stage):
                            kept_by_quota=dict(sorted(self.counts.items())), unmet=unmet, license=self.source.license)
 
 
-def stage(section: SourceConfig, *, select: SelectConfig | None = None, source: Source | None = None) -> SampleStage:
+def stage(section: SourceConfig, *, select: SelectConfig | None = None, source: Source | None = None,
+          shard: tuple[int, int] = (0, 1)) -> SampleStage:
     """`[source]` as the pipeline's first stage: up to the section's quotas per language (all
     documents without quotas), drawn with its seed; with `bin_quotas`, per language and length bin,
     counting documents that pass `[select]` (selection runs while sampling, so a quota means what
     it says). Rejected raw items (empty, binary, not UTF-8, too large, missing text, unreadable
     files), documents selection refuses, documents for a full quota and repeated rows are recorded
     with their reason; the manifest lists the quotas the source could not fill (`unmet`). `source`
-    replaces the section's (an opened `Source`, for tests)."""
+    replaces the section's (an opened `Source`, for tests). `shard` = (rank, tasks): as one of several
+    sample tasks, this task draws from its share of the source's files for its share of each quota."""
     quotas = section.resolved_quotas()
+    rank, world = shard
+    if quotas is not None and world > 1:
+        quotas = {key: n // world + (1 if rank < n % world else 0) for key, n in quotas.items()}
     admit, key = None, None
     if section.bin_quotas:
         from longblocks.select import admit_selected
@@ -120,4 +126,7 @@ def stage(section: SourceConfig, *, select: SelectConfig | None = None, source: 
             raise LongBlocksError(f"source.bin_quotas: unknown bin(s) {unknown}; the bins of select.bins are "
                                   f"{select.bin_labels()}")
         admit, key = admit_selected(select)
-    return SampleStage(source or open_source(section), quotas, seed=section.seed, admit=admit, quota_key=key)
+    opened = source or open_source(section)
+    if world > 1:
+        opened = dataclasses.replace(opened, shard=shard)
+    return SampleStage(opened, quotas, seed=section.seed, admit=admit, quota_key=key)

@@ -204,6 +204,7 @@ class Source:
     # Stack-Edu: where file contents come from (see longblocks.swh): s3 | s3://BUCKET | local:PATH
     contents: str = "s3"
     contents_concurrency: int = 16
+    shard: tuple[int, int] = (0, 1)  # (rank, tasks): this task's share of the source's files (executors)
 
     @property
     def label(self) -> str:
@@ -251,6 +252,12 @@ class Source:
             if all(done(lang) for lang in langs):
                 continue
             dataset = open_hub_dataset(self.spec.hub_id, data_slice, revision=self.revision)
+            rank, world = self.shard
+            if world > 1:  # this task's files of the slice (datasets shards a streamed dataset by file)
+                if dataset.num_shards < world:
+                    raise LongBlocksError(f"source {self.spec.name!r} ({data_slice}) has {dataset.num_shards} file(s), "
+                                          f"fewer than the {world} sample tasks: use fewer tasks for sample")
+                dataset = dataset.shard(num_shards=world, index=rank)
             dataset = dataset.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
             if self.spec.name == "stack-edu":  # the Hub rows hold blob ids: fetch each file's text
                 from longblocks.swh import ContentFetcher, default_cache, with_contents
@@ -276,7 +283,8 @@ class Source:
             raise LongBlocksError(f"no files found under {self.path} (include={list(self.include) or 'all'})")
         tables: dict[str, list[str]] = {}
         documents: list[Path] = []
-        for path in files:
+        rank, world = self.shard
+        for path in sorted(files)[rank::world]:  # this task's share of the files (all of them for one task)
             builder = TABLE_EXTENSIONS.get(path.suffix.lower())
             if builder:
                 tables.setdefault(builder, []).append(str(path))

@@ -79,6 +79,9 @@ def input_files(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise LongBlocksError(f"input {path} does not exist")
+    if (path / MANIFEST).exists() and (tasks := read_manifest(path).get("tasks")):
+        # a stage run as tasks: each task's committed parts, in task order
+        return [f for task in tasks for f in input_files(path / task)]
     root = path / DATA_DIR if (path / MANIFEST).exists() else path
     files = sorted(
         p
@@ -120,6 +123,10 @@ def part_problems(stage_dir: Path, manifest: dict[str, Any], *, subdirs: Sequenc
     """Committed parts that are not there as committed, by part name: a file missing, of another
     size or (with `checksums`) of other contents. Parts committed before files were recorded pass."""
     problems: dict[str, str] = {}
+    for task in manifest.get("tasks") or ():  # a stage run as tasks: each task's parts
+        problems.update({f"{task}/{name}": detail for name, detail in
+                         part_problems(stage_dir / task, read_manifest(stage_dir / task), subdirs=subdirs,
+                                       checksums=checksums).items()})
     for part in manifest["outputs"]["parts"]:
         for sub in subdirs:
             record = part.get("files", {}).get(sub)
@@ -174,6 +181,12 @@ def repair(stage_dir: Path) -> list[str]:
     """Drop the parts that are not there as committed (checksums read) from a stage's manifest, and
     their remaining files, so the stage's next run redoes only their inputs, and set aside request
     caches sqlite cannot read; returns what it did, a line each."""
+    manifest = read_manifest(stage_dir)
+    if manifest.get("tasks"):  # a stage run as tasks: each task repaired, the summed manifest written again later
+        done = [line for task in manifest["tasks"] for line in repair(stage_dir / task)]
+        if done:
+            (stage_dir / MANIFEST).unlink()
+        return done
     with directory_lock(stage_dir):
         manifest = read_manifest(stage_dir)
         problems = part_problems(stage_dir, manifest, checksums=True)
