@@ -143,8 +143,11 @@ def run_method(method: str, path: Path, work: Path) -> dict:
     """One method on the parquet at `path`, in this process: seconds, peak RSS, removed pairs."""
     import pyarrow.parquet as pq
 
+    import resource
+
     cfg = DedupConfig()
     start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     removed: list[tuple[str, str]] = []
     if method == "longblocks":
         from longblocks.config import DedupSection
@@ -170,7 +173,9 @@ def run_method(method: str, path: Path, work: Path) -> dict:
                     lsh.insert(row["id"], m)
     else:
         removed = run_datatrove(path, work)
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "removed": removed}
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(), "removed": removed}
 
 
 def run_datatrove(path: Path, work: Path) -> list[tuple[str, str]]:
@@ -203,7 +208,8 @@ def run_datatrove(path: Path, work: Path) -> list[tuple[str, str]]:
     return removed
 
 
-def scale(sizes: list[int], methods: list[str] | None = None, datatrove_python: str | None = None) -> None:
+def scale(sizes: list[int], methods: list[str] | None = None, datatrove_python: str | None = None,
+          repeats: int = 1) -> None:
     import json
     import subprocess
     import sys
@@ -224,8 +230,11 @@ def scale(sizes: list[int], methods: list[str] | None = None, datatrove_python: 
                 methods.append("datatrove")
     print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; one "
           "process per method; peak RSS = VmHWM of that process")
-    print("\n| documents | method | seconds | peak RSS (MB) | x datasketch RSS | removed | precision | recall |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"{repeats} repeat(s), the methods interleaved within each (a, b, a, b, ...); median [min-max]; CPU "
+          "seconds = the method's own user + system time (the machine's other load does not count)")
+    print("\n| documents | method | CPU s | x datasketch CPU | wall s | peak RSS (MB) | x datasketch RSS | removed | "
+          "precision | recall |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n in sizes:
         docs, planted = prose(n)
         with tempfile.TemporaryDirectory() as tmp:
@@ -233,17 +242,26 @@ def scale(sizes: list[int], methods: list[str] | None = None, datatrove_python: 
             path.parent.mkdir()
             pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), path, row_group_size=1000)
             del docs
-            results = {}
-            for method in methods:
-                work = Path(tmp) / method
-                work.mkdir()
-                python = datatrove_python if method == "datatrove" and datatrove_python else sys.executable
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                                    os.environ.get("PYTHONPATH", "")])}
-                out = subprocess.run([python, __file__, "--run", method, "--input", str(path), "--work", str(work)],
-                                     capture_output=True, text=True, check=True, env=env)
-                results[method] = json.loads(out.stdout.strip().splitlines()[-1])
-            base = results["datasketch"]["peak_rss_mb"] if "datasketch" in results else float("nan")
+            runs: dict[str, list[dict]] = {m: [] for m in methods}
+            for repeat in range(repeats):
+                for method in methods:
+                    work = Path(tmp) / f"{method}-{repeat}"
+                    work.mkdir()
+                    python = datatrove_python if method == "datatrove" and datatrove_python else sys.executable
+                    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                                        os.environ.get("PYTHONPATH", "")])}
+                    out = subprocess.run([python, __file__, "--run", method, "--input", str(path), "--work", str(work)],
+                                         capture_output=True, text=True, check=True, env=env)
+                    runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+            def spread(method: str, key: str) -> tuple[float, str]:
+                values = sorted(r[key] for r in runs[method])
+                median = values[len(values) // 2]
+                return median, f"{median:.1f}" + (f" [{values[0]:.1f}-{values[-1]:.1f}]" if len(values) > 1 else "")
+
+            results = {m: runs[m][0] for m in methods}
+            base = spread("datasketch", "peak_rss_mb")[0] if "datasketch" in results else float("nan")
+            base_cpu = spread("datasketch", "cpu_seconds")[0] if "datasketch" in results else float("nan")
             members = set().union(*planted) if planted else set()
             for method, r in results.items():
                 removed_ids = {p[0] for p in r["removed"]}
@@ -252,9 +270,10 @@ def scale(sizes: list[int], methods: list[str] | None = None, datatrove_python: 
                 # pairs of which one member was removed
                 precision = len(removed_ids & members) / len(removed_ids) if removed_ids else float("nan")
                 recall = sum(1 for p in planted if p & removed_ids) / max(len(planted), 1)
-                print(f"| {n} | {method} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-                      f"{r['peak_rss_mb'] / base:.2f}x | {len(removed_ids)} | {precision:.3f} | {recall:.3f} |",
-                      flush=True)
+                cpu, cpu_text = spread(method, "cpu_seconds")
+                rss, rss_text = spread(method, "peak_rss_mb")
+                print(f"| {n} | {method} | {cpu_text} | {cpu / base_cpu:.2f}x | {spread(method, 'seconds')[1]} | {rss_text} | "
+                      f"{rss / base:.2f}x | {len(removed_ids)} | {precision:.3f} | {recall:.3f} |", flush=True)
 
 
 def main() -> None:
@@ -263,6 +282,7 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale", help="comma-separated corpus sizes: peak memory and time per method")
+    parser.add_argument("--repeats", type=int, default=1, help="--scale: runs of each method, interleaved")
     parser.add_argument("--methods", help="--scale: comma-separated subset of longblocks,datasketch,datatrove "
                         "(default: all that are installed)")
     parser.add_argument("--datatrove-python", help="--scale: the interpreter of an environment with datatrove (datatrove "
@@ -279,7 +299,7 @@ def main() -> None:
         return
     if args.scale:
         scale([int(n) for n in args.scale.split(",")], args.methods.split(",") if args.methods else None,
-              args.datatrove_python)
+              args.datatrove_python, repeats=args.repeats)
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
