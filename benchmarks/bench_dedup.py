@@ -251,7 +251,9 @@ def scale(sizes: list[int], methods: list[str] | None = None, datatrove_python: 
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                                         os.environ.get("PYTHONPATH", "")])}
                     out = subprocess.run([python, __file__, "--run", method, "--input", str(path), "--work", str(work)],
-                                         capture_output=True, text=True, check=True, env=env)
+                                         capture_output=True, text=True, env=env)
+                    if out.returncode != 0:
+                        raise SystemExit(f"{method} failed (exit {out.returncode}) under {python}:\n{out.stderr[-3000:]}")
                     runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
 
             def spread(method: str, key: str) -> tuple[float, str]:
@@ -287,7 +289,8 @@ def main() -> None:
                         "(default: all that are installed)")
     parser.add_argument("--datatrove-python", help="--scale: the interpreter of an environment with datatrove (datatrove "
                         "0.10 needs xxhash<4, which this project's environment does not pin): python -m venv dt && "
-                        "dt/bin/pip install datatrove 'xxhash<4' datasketch")
+                        "dt/bin/pip install datatrove 'xxhash<4' datasketch regex tokenizers spacy orjson (its MinHash steps import "
+                        "these without declaring them)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)

@@ -19,7 +19,9 @@ import argparse
 import asyncio
 import os
 import platform
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,6 +81,22 @@ def write_docs(path: Path, docs: list[dict]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA), path / "docs.parquet")
     return path
+
+
+def measured(fn) -> tuple[float, float]:  # noqa: ANN001
+    """(what `fn` returns, the CPU seconds (user + sys) this process spent in it)."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    value = fn()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return value, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """`median [min-max]`, or the value alone for one repeat."""
+    median = statistics.median(values)
+    if len(values) == 1:
+        return format(median, fmt)
+    return f"{median:{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
 
 
 def sampling():  # noqa: ANN201
@@ -149,7 +167,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
     parser.add_argument("--concurrency", default="64,256")
     parser.add_argument("--repeats", type=int, default=3, help="each side measured this many times, alternating "
-                        "bare and ours; the best of each is reported (the 2 cores are shared with the server)")
+                        "bare and ours; the median and the range are reported (the 2 cores are shared with the server)")
     parser.add_argument("--paths", default="backend,generate,respond", help="what runs our side: the backend "
                         "alone, and the generate and respond stages")
     args = parser.parse_args()
@@ -165,8 +183,11 @@ def main() -> None:
                 time.sleep(0.05)
         print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; "
               f"server: uvicorn+starlette in a separate process, latency {args.latency}; {args.requests} requests "
-              f"per measurement, best of {args.repeats}; bare = AsyncOpenAI + semaphore, results in completion order")
-        print("\n| latency | concurrency | ours | bare loop (req/s) | ours (req/s) | ratio |\n|---|---|---|---|---|---|")
+              f"per measurement, {args.repeats} repeats alternating bare and ours, median [min-max]; ratio = ours / bare "
+              f"per repeat; CPU = the client process's user+sys seconds per request (the server's excluded); "
+              f"bare = AsyncOpenAI + semaphore, results in completion order")
+        print("\n| latency | concurrency | ours | bare loop (req/s) | ours (req/s) | ratio | bare CPU ms/req "
+              "| ours CPU ms/req |\n|---|---|---|---|---|---|---|---|")
         for run, concurrency in enumerate(int(c) for c in args.concurrency.split(",")):
             with tempfile.TemporaryDirectory() as tmp:
                 work = Path(tmp)
@@ -186,19 +207,23 @@ def main() -> None:
                         prompts = [respond_messages(r) for r in records]
                     else:
                         prompts = [generation_messages(d, "summary", 1) for d in docs]
-                    bare = mine = 0.0
+                    bare, mine = [], []  # (requests/s, client CPU s) per repeat
                     for repeat in range(args.repeats):  # a fresh stage directory each time: no cache hits
-                        bare = max(bare, asyncio.run(bare_loop(base_url, prompts, concurrency)))
+                        bare.append(measured(lambda: asyncio.run(bare_loop(base_url, prompts, concurrency))))
                         if path == "backend":
-                            ours = backend_alone(base_url, prompts, concurrency)
+                            mine.append(measured(lambda: backend_alone(base_url, prompts, concurrency)))
                         elif path == "generate":
-                            ours = through_stage("generate", base_url, docs_dir, args.requests, concurrency,
-                                                 work / f"gen-run-{repeat}")
+                            mine.append(measured(lambda: through_stage(
+                                "generate", base_url, docs_dir, args.requests, concurrency, work / f"gen-run-{repeat}")))
                         else:
-                            ours = through_stage("respond", base_url, generate_dir, len(records), concurrency,
-                                                 work / f"respond-run-{repeat}")
-                        mine = max(mine, ours)
-                    print(f"| {args.latency} | {concurrency} | {path} | {bare:.0f} | {mine:.0f} | {mine / bare:.2f} |",
+                            mine.append(measured(lambda: through_stage(
+                                "respond", base_url, generate_dir, len(records), concurrency,
+                                work / f"respond-run-{repeat}")))
+                    n = len(prompts)
+                    ratios = [m[0] / b[0] for b, m in zip(bare, mine)]
+                    print(f"| {args.latency} | {concurrency} | {path} | {spread([b[0] for b in bare], '.0f')} | "
+                          f"{spread([m[0] for m in mine], '.0f')} | {spread(ratios, '.2f')} | "
+                          f"{spread([1000 * b[1] / n for b in bare], '.2f')} | {spread([1000 * m[1] / n for m in mine], '.2f')} |",
                           flush=True)
     finally:
         server.terminate()

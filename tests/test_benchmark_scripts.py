@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,9 @@ def test_openai_backend_benchmark_measures_both_loops_on_each_path() -> None:
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in result.stdout.splitlines()
             if line.startswith("| none | 8 |")]
     assert [row[2] for row in rows] == ["backend", "generate", "respond"]
-    for _, _, _, bare, ours, ratio in rows:
+    for _, _, _, bare, ours, ratio, bare_cpu, ours_cpu in rows:
         assert float(bare) > 0 and float(ours) > 0 and float(ratio) == pytest.approx(float(ours) / float(bare), rel=0.05)
+        assert float(bare_cpu) > 0 and float(ours_cpu) > 0  # the client's CPU ms per request
 
 
 @pytest.mark.slow
@@ -68,6 +70,55 @@ def test_sft_step_benchmark_runs_in_smoke_mode() -> None:
                             capture_output=True, text=True, timeout=600, check=True)
     rows = [l for l in result.stdout.splitlines() if l.startswith("| 256 |")]
     assert len(rows) == 1 and "skipped" in rows[0] and "longest sequence trained (of 512): ours 512" in result.stdout
+
+
+@pytest.mark.slow
+def test_memory_benchmark_measures_each_method_on_the_same_step(tmp_path: Path) -> None:
+    methods = "sft-ours,sft-transformers,sft-trl,rl-ours,rl-transformers"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"), "--smoke", "--methods", methods,
+                             "--json", str(tmp_path / "rows.json")], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert set(rows) == {f"{m}@{n}" for m in methods.split(",") for n in (256, 512)}
+    for key, row in rows.items():
+        assert "error" not in row and row["loaded_mb"] > 100 and row["step_mb"] > 0, (key, row)
+    for n in (256, 512):  # ours and transformers' loss are the same step: the same loss, to bf16's precision
+        assert rows[f"sft-ours@{n}"]["loss"] == pytest.approx(rows[f"sft-transformers@{n}"]["loss"], rel=2e-2)
+        assert rows[f"rl-ours@{n}"]["kl"] == pytest.approx(rows[f"rl-transformers@{n}"]["kl"], rel=5e-2, abs=1e-3)
+    fits = {cells[1]: cells[2] for l in result.stdout.splitlines() if (cells := [c.strip() for c in l.split("|")])[1:2]
+            and cells[1] in methods.split(",") and len(cells) == 7}
+    assert set(fits) == set(methods.split(",")) and all(float(b) == float(b) for b in fits.values()), fits
+
+
+def test_memory_benchmark_fits_the_exponent_of_a_power_law() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_memory import fit
+
+    b, a = fit([1024, 2048, 4096, 8192], [3.0 * n ** 1.5 for n in (1024, 2048, 4096, 8192)])
+    assert b == pytest.approx(1.5) and a == pytest.approx(math.log(3.0))
+    assert fit([1024], [5.0]) is None
+
+
+def test_memory_benchmark_merges_runs_of_different_methods(tmp_path: Path) -> None:
+    # Two runs (the slow method measured apart, as RESULTS.md's table was) printed as one table: each
+    # method's ratio against its own "ours" at the same length, the fit over the lengths it has.
+    cell = lambda mb: {"loaded_mb": 1000.0, "step_mb": mb, "seconds": 1.0, "loss": 2.5}  # noqa: E731
+    (tmp_path / "a.json").write_text(json.dumps({"sft-ours@2048": cell(100.0), "sft-ours@4096": cell(200.0),
+                                                 "sft-transformers@2048": cell(400.0),
+                                                 "sft-transformers@4096": cell(1600.0)}))
+    (tmp_path / "b.json").write_text(json.dumps({"sft-trl@2048": cell(300.0), "sft-trl@4096": {"error": "exit -9: "}}))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"), "--from-json",
+                             str(tmp_path / "a.json"), str(tmp_path / "b.json")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {(c[1], c[2]): c for line in result.stdout.splitlines()
+            if len(c := [x.strip() for x in line.split("|")]) == 9 and c[1].startswith("sft-")}
+    assert rows["sft-transformers", "4,096"][5] == "8.00x" and rows["sft-trl", "2,048"][5] == "3.00x"
+    assert rows["sft-trl", "4,096"][3] == "exit -9:"
+    fits = {c[1]: c[2] for line in result.stdout.splitlines()
+            if len(c := [x.strip() for x in line.split("|")]) == 7 and c[1].startswith("sft-")}
+    assert float(fits["sft-ours"]) == pytest.approx(1.0) and float(fits["sft-transformers"]) == pytest.approx(2.0)
+    assert fits["sft-trl"] == "n/a"  # one length measured: no exponent
 
 
 @pytest.mark.slow
