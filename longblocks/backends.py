@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import random
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -60,7 +61,7 @@ class OpenAIBackend:
         self.stats = BackendStats()
         self.reorder_bytes = reorder_bytes
         self._openai = openai
-        self._loop = asyncio.new_event_loop()
+        self._loop = _shared_loop()
         # The key is read here from the environment and only handed to the client.
         api_key = os.environ.get(api_key_env) or "EMPTY"
 
@@ -187,8 +188,33 @@ class OpenAIBackend:
         for pools in self._clients:
             for client in pools:
                 self._loop.run_until_complete(client.close())
-        self._loop.close()
+        _release_loop(self._loop)
         self.cache.close()
+
+
+_LOOPS = threading.local()  # this thread's event loop for openai backends, and how many use it
+
+
+def _shared_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per thread for every openai backend in it. A backend runs its loop only while
+    its caller waits for finished requests, so with a loop each, chained stages (the responders of
+    `respond`, each pulling from the one before) would leave the others' requests unread while one
+    waits; on one loop, any wait drives every backend's requests."""
+    if getattr(_LOOPS, "loop", None) is None or _LOOPS.loop.is_closed():
+        _LOOPS.loop, _LOOPS.users = asyncio.new_event_loop(), 0
+    _LOOPS.users += 1
+    return _LOOPS.loop
+
+
+def _release_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Closes the thread's shared loop once its last backend is closed."""
+    if getattr(_LOOPS, "loop", None) is loop:
+        _LOOPS.users -= 1
+        if _LOOPS.users > 0:
+            return
+        _LOOPS.loop = None
+    if not loop.is_running():
+        loop.close()
 
 
 class _AsyncRequests:

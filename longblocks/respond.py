@@ -7,7 +7,9 @@ the row: the row is kept with the column empty. Must not judge or rewrite questi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import itertools
+
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +52,6 @@ def response_outcome(record: dict[str, Any], answers: Answers) -> Outcome:
     return Outcome(record["id"], kept=[row], rejected=rejected)
 
 
-def _answered(stream: Iterable[tuple[dict[str, Any], Answers]], name: str,
-              backend: Backend) -> Iterator[tuple[dict[str, Any], Answers]]:
-    """The stream with `name`'s answer added; the responders' requests overlap (each pulls ahead)."""
-    for (record, answers), completion in backend.map_ordered(stream, lambda item: respond_messages(item[0])):
-        yield record, {**answers, name: completion}
-
-
 class RespondStage(Stage):
     """Every QA record with each responder's answer (see the module docstring). Each responder's
     backend is built when the stage opens, with its own request cache, unless the backends are
@@ -96,11 +91,16 @@ class RespondStage(Stage):
         self.schema = qa_schema([*existing, *mine])
 
     def process(self, items: Iterator[dict[str, Any]], writer: StageWriter) -> Iterator[Outcome]:
-        stream: Iterable[tuple[dict[str, Any], Answers]] = ((r, {}) for r in items)
-        for name, backend in self.responders.items():
-            stream = _answered(stream, name, backend)
-        for record, answers in stream:
-            yield response_outcome(record, answers)
+        # Each responder reads its own copy of the records (`tee`), side by side, not one after
+        # another: chained, a responder could send only as fast as the one before it handed its
+        # answers over in order (three responders took 4x the ideal in bench_fleet.py). The openai
+        # backends share one event loop, so whichever waits drives every responder's requests.
+        names = list(self.responders)
+        copies = itertools.tee(items, len(names))
+        answered = [backend.map_ordered(copy, lambda record: respond_messages(record))
+                    for copy, backend in zip(copies, self.responders.values())]
+        for results in zip(*answered):
+            yield response_outcome(results[0][0], {name: completion for name, (_, completion) in zip(names, results)})
 
     def status(self) -> dict[str, Any]:
         live = live_status(b.stats for b in self.responders.values())  # each record: one request per responder

@@ -121,6 +121,39 @@ def test_memory_benchmark_merges_runs_of_different_methods(tmp_path: Path) -> No
     assert fits["sft-trl"] == "n/a"  # one length measured: no exponent
 
 
+def test_fleet_benchmark_runs_the_llm_stages_over_several_servers() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_fleet.py"), "--docs", "40", "--servers", "2",
+                             "--smoke"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {c[1]: c[2:-1] for line in result.stdout.splitlines()
+            if len(c := [x.strip() for x in line.split("|")]) == 11 and c[1] in ("generate", "judge", "respond")}
+    # every document asked for two pairs, the simulated judge passes one of each two, three responders
+    # answer every kept pair: the requests and rows of the real stages, not of the script
+    assert [rows[s][0] for s in ("generate", "judge", "respond")] == ["40", "40", "120"]
+    assert [rows[s][-1] for s in ("generate", "judge", "respond")] == ["80", "40", "40"]
+    assert all(float(rows[s][4]) > 0 and float(rows[s][6]) > 100 for s in rows)  # client CPU, peak RSS
+
+
+def test_scale_projection_follows_its_inputs() -> None:
+    # The projection is arithmetic over stated inputs: GPU-hours proportional to the rows, wall time
+    # inversely proportional to the servers, and every stage of the paper's run present.
+    def run(*flags: str) -> dict[str, list[str]]:
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "project_scale.py"), "--prefill-cost", "0.1",
+                                 "--servers", "8,32", *flags], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return {c[1]: c[2:-1] for line in result.stdout.splitlines()
+                if len(c := [x.strip() for x in line.split("|")]) == 9 and c[1] not in ("stage", "---")}
+
+    one, two = run(), run("--rows", str(2 * 193_894))
+    assert len(one) == 6 and "judge" in one and sum(k.startswith("respond:") for k in one) == 3
+    for stage in one:
+        low, high = (float(x.replace(",", "")) for x in one[stage][3].split("-"))
+        low2, high2 = (float(x.replace(",", "")) for x in two[stage][3].split("-"))
+        assert low2 == pytest.approx(2 * low, rel=0.01) and high2 == pytest.approx(2 * high, rel=0.01)
+        wall8, wall32 = (float(w.split("-")[1].replace(",", "")) for w in one[stage][4:6])
+        assert wall8 == pytest.approx(4 * wall32, rel=0.05)
+
+
 @pytest.mark.slow
 def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "claims_cpu.py"), "--out", str(tmp_path), "--smoke",

@@ -206,3 +206,26 @@ def test_vllm_backend_says_so_when_the_engine_drops_its_requests(vllm_double) ->
     engine.step = lambda: (engine.queue.clear(), [])[1]  # an engine that loses what it held: no spinning forever
     with pytest.raises(LongBlocksError, match="holds none of the 2 requests"):
         next(results)
+
+
+def test_one_backend_waiting_drives_the_requests_of_the_others() -> None:
+    # The respond stage chains its responders (each pulls from the one before) and a backend runs the
+    # event loop only while its caller waits: with a loop per backend, the others' requests stood
+    # still during each wait (three responders took 4x the ideal time in bench_fleet.py). On the one
+    # loop they share, B's wait lets A's answer arrive.
+    from longblocks.backends import _AsyncRequests
+
+    with ScriptedServer(delay=0.1) as fast, ScriptedServer(delay=1.5) as slow:
+        a = OpenAIBackend("m", base_url=fast.base_url, concurrency=2, max_retries=0, timeout=30,
+                          sampling=Sampling(max_tokens=32))
+        b = OpenAIBackend("m", base_url=slow.base_url, concurrency=2, max_retries=0, timeout=30,
+                          sampling=Sampling(max_tokens=32))
+        on_a, on_b = _AsyncRequests(a), _AsyncRequests(b)
+        on_a.start(0, [{"role": "user", "content": "[[mode:good]] to A"}])
+        on_b.start(0, [{"role": "user", "content": "[[mode:good]] to B"}])
+        assert [i for i, c in on_b.finished() if c.text] == [0]  # only B is waited on
+        assert fast.prompts and not on_a.done.empty()  # ... and A's request went out and came back meanwhile
+        assert [i for i, c in on_a.finished() if c.text] == [0]
+        a.close()
+        b.close()
+    assert a._loop.is_closed()  # the last backend closed closes the loop they shared
