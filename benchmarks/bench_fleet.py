@@ -20,10 +20,10 @@ and the client's peak memory, with thousands of documents of realistic length (`
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _local_server import free_port, wait_for_port  # noqa: E402
+
+RESPONDERS = ("Qwen3-Next-80B-A3B", "Qwen3.5-27B", "Nemotron-3-Nano-30B-A3B")  # LongBlocks' columns
 
 SERVER = r'''
 import asyncio, hashlib, json, math, random, re, sys, uvicorn
@@ -71,12 +75,6 @@ uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="error", backlog=4096)
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_documents(path: Path, n: int, words: int) -> Path:
     """n documents of about `words` words each, every one different (no cache or dedup shortcut)."""
     import random
@@ -97,8 +95,8 @@ def write_documents(path: Path, n: int, words: int) -> Path:
     return path
 
 
-def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
-    r = resource.getrusage(who)
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
@@ -125,31 +123,22 @@ def main() -> None:
     from longblocks.config import GenerateSection, JudgeSection, RespondSection, ResponderConfig
     from longblocks.pipeline import run
 
-    servers, urls = [], []
-    for _ in range(args.servers):
-        port = free_port()
-        servers.append(subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(args.median_s), str(args.sigma),
-                                         str(args.think_chars)], stderr=subprocess.DEVNULL))
-        urls.append(f"http://127.0.0.1:{port}/v1")
+    ports = [free_port() for _ in range(args.servers)]
+    servers = [subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(args.median_s), str(args.sigma),
+                                 str(args.think_chars)], stderr=subprocess.DEVNULL) for port in ports]
+    urls = [f"http://127.0.0.1:{port}/v1" for port in ports]
     try:
-        for url in urls:
-            port = int(url.split(":")[2].split("/")[0])
-            for _ in range(400):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+        for port in ports:
+            wait_for_port(port)
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             docs = write_documents(work / "docs", args.docs, args.doc_words)
             endpoint = dict(model="m", base_url=urls, concurrency=args.concurrency, timeout=600.0, max_tokens=16384)
-            mean = args.median_s * 2.718281828 ** (args.sigma ** 2 / 2)
+            mean = args.median_s * math.exp(args.sigma ** 2 / 2)  # of a lognormal
             steps = [
                 ("generate", GenerateSection(**endpoint, question_types=["multi_hop"], n_questions=2), [docs]),
                 ("judge", JudgeSection(**endpoint), [work / "generate"]),
-                ("respond", RespondSection([ResponderConfig(name=n, **endpoint) for n in
-                                            ("Qwen3-Next-80B-A3B", "Qwen3.5-27B", "Nemotron-3-Nano-30B-A3B")]),
+                ("respond", RespondSection([ResponderConfig(name=n, **endpoint) for n in RESPONDERS]),
                  [work / "judge"]),
             ]
             print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; "
@@ -163,7 +152,7 @@ def main() -> None:
                 manifest = run(name, section, inputs, work / name)
                 wall = time.perf_counter() - start
                 requests = _requests(name, manifest, work)
-                in_flight = args.concurrency * (3 if name == "respond" else 1)
+                in_flight = args.concurrency * (len(RESPONDERS) if name == "respond" else 1)
                 ideal = requests * mean / in_flight
                 server_cpu = sum(_server_cpu(p) for p in servers) - children
                 kept = manifest["outputs"]["kept"]
@@ -191,7 +180,7 @@ def _requests(name: str, manifest: dict, work: Path) -> int:
         import pyarrow.parquet as pq
 
         return len(set(pq.read_table(work / "generate" / "data", columns=["doc_id"]).column("doc_id").to_pylist()))
-    return consumed * (3 if name == "respond" else 1)
+    return consumed * (len(RESPONDERS) if name == "respond" else 1)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def run_one(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
     import torch
 
     torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (taskset)
     meter = Meter()
     with tempfile.TemporaryDirectory() as tmp:
         if method.endswith("-trl"):

@@ -20,7 +20,6 @@ import asyncio
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _local_server import free_port, wait_for_port  # noqa: E402
 
 SERVER = r'''
 import asyncio, hashlib, json, math, random, sys, uvicorn
@@ -57,12 +58,6 @@ async def chat(request):
 app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error", backlog=4096)
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def documents(n: int, seed: int) -> list[dict]:
@@ -175,12 +170,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), args.latency], stderr=subprocess.DEVNULL)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_for_port(port, seconds=10)
         print(f"device: CPU, {os.cpu_count()} cores, {platform.machine()}, python {platform.python_version()}; "
               f"server: uvicorn+starlette in a separate process, latency {args.latency}; {args.requests} requests "
               f"per measurement, {args.repeats} repeats alternating bare and ours, median [min-max]; ratio = ours / bare "

@@ -197,9 +197,9 @@ _LOOPS = threading.local()  # this thread's event loop for openai backends, and 
 
 def _shared_loop() -> asyncio.AbstractEventLoop:
     """One event loop per thread for every openai backend in it. A backend runs its loop only while
-    its caller waits for finished requests, so with a loop each, chained stages (the responders of
-    `respond`, each pulling from the one before) would leave the others' requests unread while one
-    waits; on one loop, any wait drives every backend's requests."""
+    its caller waits for finished requests, so with a loop each, a stage that reads several backends
+    at once (the responders of `respond`) would leave the others' requests unread while one waits;
+    on one loop, any wait drives every backend's requests."""
     if getattr(_LOOPS, "loop", None) is None or _LOOPS.loop.is_closed():
         _LOOPS.loop, _LOOPS.users = asyncio.new_event_loop(), 0
     _LOOPS.users += 1

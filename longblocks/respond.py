@@ -8,7 +8,6 @@ the row: the row is kept with the column empty. Must not judge or rewrite questi
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,7 +96,7 @@ class RespondStage(Stage):
         # backends share one event loop, so whichever waits drives every responder's requests.
         names = list(self.responders)
         copies = itertools.tee(items, len(names))
-        answered = [backend.map_ordered(copy, lambda record: respond_messages(record))
+        answered = [backend.map_ordered(copy, respond_messages)
                     for copy, backend in zip(copies, self.responders.values())]
         for results in zip(*answered):
             yield response_outcome(results[0][0], {name: completion for name, (_, completion) in zip(names, results)})
