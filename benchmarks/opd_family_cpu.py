@@ -1,6 +1,6 @@
 """The on-policy distillation family side by side at toy scale on CPU: every variant of
 `trainer/recipes/family.py` beside plain OPD (exact reverse KL as a loss), on the copy-the-key task
-of `claims_cpu.py` (same teacher, same SFT warm starts, same seeds), each with the same rollout
+of `copy_task_runs.py` (same teacher, same SFT warm starts, same seeds), each with the same rollout
 budget (32 prompts x 2 samples per step, 3 new tokens) and the same number of steps. Then the
 horizon's saving: pure OPD from the untrained student (which rarely stops early) with 64 new
 tokens, full horizon vs TOPD (10%) vs POPD (10% -> 100% over the steps), in rollout tokens and
@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests" / "trainer"))
 
-import claims_cpu  # noqa: E402  (its teacher, warm starts, RL runner and evaluation)
+import copy_task_runs  # noqa: E402  (its teacher, warm starts, RL runner and evaluation)
 import copy_task  # noqa: E402
 
 from trainer.recipes.family import FAMILY, family_args  # noqa: E402
 
 ARMS = ("opd", *FAMILY)
-SEQUENCES = 64  # claims_cpu.rl: 32 prompts x 2 samples per step
+SEQUENCES = 64  # copy_task_runs.rl: 32 prompts x 2 samples per step
 
 
 def spread(values: list[float]) -> str:
@@ -71,24 +71,24 @@ def main() -> None:
     tok = copy_task.tokenizer_dir(out / "tokenizer")
     teacher_rows = copy_task.write_parquet(out / "teacher.parquet", 2000, seed=1)
     rl_rows = copy_task.write_parquet(out / "rl.parquet", 2000, seed=2)
-    teacher = claims_cpu.sft(copy_task.model_dir(out / "teacher_init", tok, seed=0), teacher_rows, out / "teacher",
+    teacher = copy_task_runs.sft(copy_task.model_dir(out / "teacher_init", tok, seed=0), teacher_rows, out / "teacher",
                              teacher_steps, 0)
     report = {"device": f"CPU ({platform.processor() or platform.machine()})", "steps": steps,
-              "teacher_accuracy": claims_cpu.accuracy(teacher, eval_n), "warm": [], "arms": {a: [] for a in arms},
+              "teacher_accuracy": copy_task_runs.accuracy(teacher, eval_n), "warm": [], "arms": {a: [] for a in arms},
               "horizon": {}}
     seeds = [int(s) for s in args.seeds.split(",")]
     students = {}
     for seed in seeds:
         students[seed] = copy_task.model_dir(out / f"student-{seed}", tok, seed=100 + seed)
-        warm = claims_cpu.sft(students[seed], rl_rows, out / f"warm-{seed}", warm_steps, seed)
-        report["warm"].append(claims_cpu.accuracy(warm, eval_n))
+        warm = copy_task_runs.sft(students[seed], rl_rows, out / f"warm-{seed}", warm_steps, seed)
+        report["warm"].append(copy_task_runs.accuracy(warm, eval_n))
         for arm in arms:
             run = out / f"{arm}-{seed}"
             started = time.perf_counter()
             extra = family_args(arm, steps) if arm in FAMILY else []
-            history = claims_cpu.rl(warm, teacher, rl_rows, run, "opd", steps, seed, extra=extra)
+            history = copy_task_runs.rl(warm, teacher, rl_rows, run, "opd", steps, seed, extra=extra)
             report["arms"][arm].append({
-                "seed": seed, "accuracy": claims_cpu.accuracy(run / "final", eval_n),
+                "seed": seed, "accuracy": copy_task_runs.accuracy(run / "final", eval_n),
                 "reward_end": tail_mean(history, "reward/exact_match/mean"),
                 "teacher_kl_end": tail_mean(history, "teacher_kl"), "teacher_kl_start": history[0]["teacher_kl"],
                 "trained_fraction": statistics.fmean(h["teacher/trained_fraction"] for h in history),
@@ -97,7 +97,7 @@ def main() -> None:
     # the horizon's saving, from the untrained student (it samples to the token limit)
     for name, extra in (("full", []), ("topd", family_args("topd", horizon_steps)),
                         ("popd", family_args("popd", horizon_steps))):
-        history = claims_cpu.rl(students[seeds[0]], teacher, rl_rows, out / f"horizon-{name}", "opd", horizon_steps,
+        history = copy_task_runs.rl(students[seeds[0]], teacher, rl_rows, out / f"horizon-{name}", "opd", horizon_steps,
                                 seeds[0], extra=extra, max_new_tokens=new_tokens)
         report["horizon"][name] = {
             "rollout_tokens": [h["response/length_mean"] * SEQUENCES for h in history],

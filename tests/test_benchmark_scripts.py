@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import pyarrow.parquet as pq
+
+from trainer.recipes.claims import CLAIMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,10 +159,29 @@ def test_scale_projection_follows_its_inputs() -> None:
 
 @pytest.mark.slow
 def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "claims_cpu.py"), "--out", str(tmp_path), "--smoke",
-                             "--seeds", "0"], capture_output=True, text=True, timeout=600, check=True)
-    rows = [l for l in result.stdout.splitlines() if l.startswith("| ") and not l.startswith("| arm")]
-    assert [r.split(" | ")[0].strip("| ") for r in rows] == ["sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"]
+    """Teacher, teacher responses, warm starts, every arm in chunks with held-out evaluations, the
+    paired tests and one picture per claim; a rerun resumes from what the first run wrote."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "claims_cpu.py"), "--out", str(tmp_path / "run"), "--smoke",
+               "--seeds", "0,1", "--jobs", "2", "--figures", str(tmp_path / "figures")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    rows = [l.split(" | ")[0].strip("| ") for l in result.stdout.splitlines() if l.startswith("| ")]
+    assert [r for r in rows if r not in ("arm", "claim") and not r.startswith("-")] == [
+        "SFT continued", "GRPO (beta 0)", "on-policy distillation (reward 0)", "dGRPO (beta 1, reward 1)",
+        "dGRPO without warm start", *(f"{n}. {claims_name}" for n, (claims_name, *_) in CLAIMS.items())]
+    report = json.loads((tmp_path / "run" / "claims.json").read_text())
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    for run in report["runs"]:
+        for arm, entry in run["arms"].items():
+            assert [p["step"] for p in entry["curve"]] == [0, 1, 2], arm
+            assert len(entry["train_reward"]) == (0 if arm == "sft_continued" else 2), arm
+    train_rows = pq.read_table(tmp_path / "run" / "data" / "warm.parquet").column_names
+    assert "response_teacher" in train_rows  # the students learn from the teacher's responses
+    assert all((tmp_path / "figures" / f"claims_cpu_claim{n}.png").stat().st_size > 0 for n in (1, 2, 3))
+    assert "dgrpo: started" in result.stdout + result.stderr
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "dgrpo: started" not in again.stdout + again.stderr  # nothing trained twice
+    assert json.loads((tmp_path / "run" / "claims.json").read_text())["runs"] == report["runs"]
 
 
 @pytest.mark.slow

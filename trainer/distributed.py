@@ -4,11 +4,16 @@ Must not change numerics: one process and N processes see the same global batch.
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 def init(*, single_process_group: bool = False) -> tuple[int, int, torch.device]:
@@ -67,7 +72,30 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(*, clean: bool = True) -> None:
+    """Free what the run left (FSDP2's sharded modules hold the process group), then every rank
+    leaves together: a barrier (skipped after an error, when a peer may never arrive) and the group
+    destroyed. Sharded modules still alive at interpreter exit made a rank abort there ("terminate
+    called without an active exception", exit -6, in 5 of 16 two-process runs on a loaded 2-core
+    machine; 0 of 16 with the collection): the job read as failed although its output was complete."""
+    gc.collect()
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
+
+def tears_down(train: Callable[[Any], T]) -> Callable[[Any], T]:
+    """A recipe's `train(cfg)` that shuts the process group down once its own frame (the model,
+    optimizer and engine) is gone."""
+    @functools.wraps(train)
+    def wrapper(cfg: Any) -> T:
+        try:
+            result = train(cfg)
+        except BaseException:
+            shutdown(clean=False)
+            raise
+        shutdown()
+        return result
+
+    return wrapper

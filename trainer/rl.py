@@ -32,6 +32,7 @@ from trainer.teacher import Teacher
 console = Console(stderr=True)
 
 
+@distributed.tears_down
 def train(cfg: RLConfig) -> dict[str, Any]:
     # -- setup ----------------------------------------------------------------------------------
     if cfg.rollout.prompts_per_step % distributed.world_size():
@@ -102,7 +103,6 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     teacher.close()
     if run.rank == 0:
         console.print(f"[green]rl done[/]: {step} steps -> {final}")
-    distributed.shutdown()
     return {"steps": step, "history": history, "export": str(final), "plot": str(plot) if plot else None}
 
 

@@ -21,6 +21,7 @@ from trainer.recipe import open_metrics, setup
 console = Console(stderr=True)
 
 
+@distributed.tears_down
 def train(cfg: SFTConfig) -> dict[str, Any]:
     # -- setup ----------------------------------------------------------------------------------
     run = setup(cfg, optimizer_steps=cfg.optim.steps)
@@ -99,5 +100,4 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
     if rank == 0:
         console.print(f"[green]sft done[/]: {step} steps, realized short fraction {summary['short_fraction']:.3f}, "
                       f"dropped over-long {summary['dropped_overlong']}, truncated {summary['truncated']} -> {final}")
-    distributed.shutdown()
     return summary

@@ -15,6 +15,8 @@ context length). One command on a GPU machine:
     python -m trainer.recipes.replicate --out runs/replicate
     python -m trainer.recipes.replicate --out runs/replicate --plot-only   # redraw from the JSON
     python -m trainer.recipes.replicate --out /tmp/r --smoke               # minutes on CPU
+    python -m trainer.recipes.replicate --out runs/claims --scale claims --seeds 0-9
+        # the task and plan of benchmarks/claims_cpu.py (trainer/recipes/claims.py), larger
 
 Must not change any recipe: it only calls `trainer.sft.train`, `trainer.rl.train` and
 `trainer.eval.run.evaluate` with configurations.
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.eval.tasks import RULER_TASKS
+from trainer.recipes import claims
+from trainer.recipes.claims import SCALES as CLAIM_SCALES
 
 ARMS = ("sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold")
 
@@ -184,13 +188,20 @@ def main() -> None:
                              "niah_single_1 with --smoke (one needle fits its 192-256 tokens)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--smoke", action="store_true", help="tiny models and a few steps (CPU, minutes)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default=None,
-                        help="full (the GPU replication), window (every arm inside one 15-minute GPU window), smoke")
+    parser.add_argument("--scale", choices=sorted(SCALES) + sorted(f"claims{'' if k == 'gpu' else '-' + k}" for k in CLAIM_SCALES),
+                        default=None, help="full (the GPU replication), window (every arm inside one 15-minute GPU "
+                        "window), smoke; claims, claims-cpu, claims-smoke: the claims task and plan of "
+                        "trainer/recipes/claims.py at the GPU's, the CPU's or a smoke scale")
+    parser.add_argument("--jobs", type=int, default=1, help="claims scales: seeds run at once")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--extra-arms", default="", help="comma-separated arms of the on-policy distillation family "
                         "(trainer/recipes/family.py) run after the paper's five, e.g. vopd,topd,reopold")
     args = parser.parse_args()
     from trainer.recipes.family import FAMILY
+
+    if args.scale and args.scale.startswith("claims"):
+        run_claims(args)
+        return
 
     extra = [a for a in args.extra_arms.split(",") if a]
     if set(extra) - set(FAMILY):
@@ -233,6 +244,15 @@ def main() -> None:
             report.setdefault("warm_start", []).append(evaluate_final(warm, args.task, scale, out / "eval" / f"warm-{seed}"))
         (out / "replication.json").write_text(json.dumps(report, indent=2))
     plot(json.loads((out / "replication.json").read_text()), out)
+
+
+def run_claims(args: argparse.Namespace) -> None:
+    """The claims task and its pre-registered plan (trainer/recipes/claims.py) at a larger scale."""
+    scale = CLAIM_SCALES[args.scale.removeprefix("claims").removeprefix("-") or "gpu"]
+    report = claims.run(args.out, scale, claims.seed_list(args.seeds), args.jobs)
+    claims.plot(report, args.out)
+    (args.out / "claims.md").write_text(claims.table(report) + "\n")
+    print(claims.table(report))
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
