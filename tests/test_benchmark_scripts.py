@@ -185,6 +185,20 @@ def test_cpu_claims_script_runs_in_smoke_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_claims_task_is_a_scale_of_the_replication_recipe(tmp_path: Path) -> None:
+    """`replicate --scale claims-smoke` runs the same task, arms and analysis as claims_cpu.py."""
+    result = subprocess.run([sys.executable, "-m", "trainer.recipes.replicate", "--out", str(tmp_path), "--scale",
+                             "claims-smoke", "--seeds", "0,1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    table = (tmp_path / "claims.md").read_text()
+    assert all(f"| {n}. {name}" in table for n, (name, *_) in CLAIMS.items())
+    report = json.loads((tmp_path / "claims.json").read_text())
+    assert report["scale"]["steps"] == 2 and sorted(report["runs"][0]["arms"]) == sorted(
+        ("sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold"))
+    assert all((tmp_path / f"claims_claim{n}.png").stat().st_size > 0 for n in (1, 2, 3))
+
+
+@pytest.mark.slow
 def test_opd_family_script_runs_in_smoke_mode(tmp_path: Path) -> None:
     """The comparison script end to end on a subset of arms (every arm runs through the real loop in
     tests/trainer/test_rl.py); the horizon table is always measured."""
