@@ -40,7 +40,9 @@ def rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, steps: int, 
     if (out / "final" / "config.json").exists():  # finished by an earlier (interrupted) run of this script
         lines = (out / "metrics.jsonl").read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
-    beta, weight = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0), "dgrpo_cold": (1.0, 1.0)}[arm]
+    from trainer.recipes.family import PAPER_ARMS
+
+    beta, weight = PAPER_ARMS[arm]
     summary = train(load_config(RLConfig, None, [
         f"--model.path={model}", f"--data.long=[{{path='{data}'}}]", f"--data.seed={seed}", f"--run.seed={seed}",
         f"--teacher.source={'local' if beta else 'none'}", f"--teacher.path={teacher}", f"--objective.beta={beta}",

@@ -44,6 +44,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
+from trainer.recipes.family import PAPER_ARMS
+from trainer.recipes.quickstart import metrics
+
 ARMS = ("sft_continued", "grpo", "opd", "dgrpo", "dgrpo_cold")
 LABELS = {"sft_continued": "SFT continued", "grpo": "GRPO (beta 0)", "opd": "on-policy distillation (reward 0)",
           "dgrpo": "dGRPO (beta 1, reward 1)", "dgrpo_cold": "dGRPO without warm start"}
@@ -221,7 +224,7 @@ def _rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, steps: int,
     from trainer.config import RLConfig, load_config
     from trainer.rl import train
 
-    beta, weight = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0), "dgrpo_cold": (1.0, 1.0)}[arm]
+    beta, weight = PAPER_ARMS[arm]
     train(load_config(RLConfig, None, [
         f"--model.path={model}", f"--data.long=[{{path='{data}'}}]", f"--data.seed={seed}", f"--run.seed={seed}",
         f"--teacher.source={'local' if beta else 'none'}", f"--teacher.path={teacher}", f"--objective.beta={beta}",
@@ -245,11 +248,6 @@ def _curve(out: Path, start: dict[str, float], step_fn: Callable[[int], Path], s
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(curve, indent=1))
     return curve
-
-
-def _train_reward(out: Path) -> list[float]:
-    lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-    return [json.loads(line)["reward/exact_match/mean"] for line in lines if line.strip()]
 
 
 def one_seed(root: str, seed: int, scale: Scale) -> dict[str, Any]:
@@ -276,7 +274,8 @@ def one_seed(root: str, seed: int, scale: Scale) -> dict[str, Any]:
             step_fn = lambda upto, out=out, arm=arm, m=start_model: _rl(m, teacher, data / "rl.parquet", out, arm,  # noqa: E731
                                                                          upto, seed, scale)
         curve = _curve(out, start, step_fn, scale)
-        result["arms"][arm] = {"curve": curve, "train_reward": [] if arm == "sft_continued" else _train_reward(out)}
+        result["arms"][arm] = {"curve": curve, "train_reward": [] if arm == "sft_continued" else
+                               [r["reward/exact_match/mean"] for r in metrics(out)]}
     return result
 
 
@@ -345,6 +344,14 @@ def measure(run: dict[str, Any], arm: str, kind: str) -> float:
     return statistics.fmean(p["accuracy"] for p in curve if p["step"] > 0)  # auc: mean over evaluations
 
 
+def _half_width(values: list[float]) -> float:
+    """Half the 95% t-interval of the mean of `values` (0 for fewer than two)."""
+    from scipy import stats
+
+    n = len(values)
+    return stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n) if n > 1 else 0.0
+
+
 def paired(a: list[float], b: list[float]) -> dict[str, float]:
     """Mean of a - b over seeds, its 95% t-interval and the two-sided paired-t p-value."""
     from scipy import stats
@@ -354,7 +361,7 @@ def paired(a: list[float], b: list[float]) -> dict[str, float]:
     sd = statistics.stdev(d) if n > 1 else float("nan")
     if n < 2 or sd == 0:
         return {"n": n, "mean": mean, "sd": sd, "low": mean, "high": mean, "p": float("nan") if n < 2 else 0.0}
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    half = _half_width(d)
     p = 2 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)
     return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "p": p}
 
@@ -421,12 +428,10 @@ def table(report: dict[str, Any]) -> str:
 
 
 def _ci(values: list[float]) -> str:
-    from scipy import stats
-
     mean = statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.3f}"
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    half = _half_width(values)
     return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
 
 
@@ -437,7 +442,6 @@ def plot(report: dict[str, Any], out: Path, prefix: str = "claims") -> list[Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy import stats
 
     runs, paths = report["runs"], []
     for number, (name, arm, base, _) in CLAIMS.items():
@@ -454,8 +458,7 @@ def plot(report: dict[str, Any], out: Path, prefix: str = "claims") -> list[Path
                     steps = list(range(1, len(ys[0]) + 1))
                 width = min(len(y) for y in ys)
                 mean = [statistics.fmean(y[i] for y in ys) for i in range(width)]
-                half = [stats.t.ppf(0.975, len(ys) - 1) * statistics.stdev([y[i] for y in ys]) / math.sqrt(len(ys))
-                        if len(ys) > 1 else 0.0 for i in range(width)]
+                half = [_half_width([y[i] for y in ys]) for i in range(width)]
                 line, = ax.plot(steps[:width], mean, label=LABELS[key])
                 ax.fill_between(steps[:width], [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
                                 alpha=0.2, color=line.get_color())

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 _K1 = ("--objective.estimator=k1", "--objective.combine=advantage")
 
+# The paper's RL arms: name -> (objective.beta, the reward's weight).
+PAPER_ARMS: dict[str, tuple[float, float]] = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0),
+                                              "dgrpo_cold": (1.0, 1.0)}
+
 # name -> objective overrides on top of pure OPD with the exact reverse KL (estimator full, loss);
 # "{half}" is replaced by half the run's steps (the POPD growth and REOPOLD's exploration phase).
 FAMILY: dict[str, tuple[str, ...]] = {

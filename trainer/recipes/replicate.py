@@ -147,10 +147,9 @@ def run_rl(model: Path, teacher: Path, data: Path, out: Path, arm: str, scale: S
     from trainer.config import RLConfig, load_config
     from trainer.rl import train
 
-    from trainer.recipes.family import FAMILY, family_args
+    from trainer.recipes.family import FAMILY, PAPER_ARMS, family_args
 
-    arms = {"grpo": (0.0, 1.0), "opd": (1.0, 0.0), "dgrpo": (1.0, 1.0), "dgrpo_cold": (1.0, 1.0)}
-    beta, reward_weight = arms.get(arm, (1.0, 0.0))  # the family's arms are pure on-policy distillation
+    beta, reward_weight = PAPER_ARMS.get(arm, (1.0, 0.0))  # the family's arms are pure on-policy distillation
     if not (out / "final" / "config.json").exists():
         train(load_config(RLConfig, None, [
             f"--model.path={model}", f"--data.long=[{{path='{data}'}}]", f"--data.max_prompt_len={max_len}",
